@@ -1,0 +1,89 @@
+"""The manifest: a CSV with one row per image, `path` relative to the manifest's folder.
+
+Optional columns: `label`, `split`, `patient_id`, `study_id`, `site`, `modality`, and any other
+metadata. See data_manifests/README.md for the contract. No torch here: fingerprints are taken by
+`medalign status`, which must start fast.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from medalign.errors import DataError
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[dict[str, str], ...]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def image_path(self, row: dict[str, str]) -> Path:
+        return self.root / row["path"]
+
+    def select(self, splits: list[str] | str) -> list[dict[str, str]]:
+        """Rows of the given split(s); an empty selection is an error, not an empty epoch."""
+        wanted = [splits] if isinstance(splits, str) else list(splits)
+        if "split" not in self.columns:
+            raise DataError(f"manifest {self.path}: has no 'split' column, needed to select {wanted}")
+        rows = [r for r in self.rows if r["split"] in wanted]
+        if not rows:
+            found = sorted({r["split"] for r in self.rows})
+            raise DataError(f"manifest {self.path}: no rows in split {'/'.join(wanted)} (splits present: {found})")
+        return rows
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = tuple(reader.fieldnames or ())
+        if "path" not in columns:
+            raise DataError(f"manifest {path}: no 'path' column (columns: {list(columns) or 'none'})")
+        rows = tuple({k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader)
+    if not rows:
+        raise DataError(f"manifest {path}: has no rows")
+    blank = [i + 2 for i, r in enumerate(rows) if not r["path"]]
+    if blank:
+        raise DataError(f"manifest {path}: empty 'path' on line(s) {_ranges(blank)}")
+    return Manifest(path, columns, rows)
+
+
+def check_files(manifest: Manifest, rows: list[dict[str, str]]) -> None:
+    """Every missing image at once: a user fixes a broken export in one go, not one run per file."""
+    index = {id(r): i for i, r in enumerate(manifest.rows)}
+    missing = [f"{r['path']} (line {index[id(r)] + 2})" for r in rows if not manifest.image_path(r).is_file()]
+    if missing:
+        raise DataError(f"manifest {manifest.path}: {len(missing)} of {len(rows)} images missing: "
+                        + ", ".join(missing))
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of the manifest's bytes and each image's path, size and mtime.
+
+    Sizes and mtimes instead of image hashes: a nightly job over a large archive must not re-read
+    every pixel to learn that nothing changed. A copy that resets mtimes reruns stages; that errs on
+    the safe side.
+    """
+    manifest = read_manifest(path)
+    h = hashlib.sha256(manifest.path.read_bytes())
+    for row in manifest.rows:
+        p = manifest.image_path(row)
+        try:
+            st = p.stat()
+            h.update(f"{row['path']}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{row['path']}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _ranges(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")

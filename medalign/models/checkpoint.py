@@ -1,0 +1,106 @@
+"""The checkpoint format: weights in safetensors (timm key layout) beside a model.json.
+
+model.json holds what is needed to rebuild the model without the config that trained it: timm
+name and kwargs, in_chans, img_size, normalisation, classes, adapter, SSL method, data fingerprint,
+config hash and library versions. Files we did not write are read with safetensors or
+`torch.load(weights_only=True)`, never unpickled.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from medalign.errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+# Wrappers other tools put around a backbone's keys: DDP, torch.compile, SSL method modules.
+_PREFIXES = ("module.", "_orig_mod.", "backbone.", "student_backbone.")
+
+
+def save(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or strided storage; contiguous clones are always accepted
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(directory / WEIGHTS))
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def metadata(arch: dict, img_size: int, normalization: dict, **extra) -> dict:
+    import lightly
+    import timm
+
+    from medalign import __version__
+    versions = {"medalign": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                "lightly": lightly.__version__}
+    return {"format": "medalign-checkpoint/1", "architecture": arch, "img_size": img_size,
+            "normalization": normalization, **extra, "versions": versions}
+
+
+def locate(path: str | Path) -> tuple[Path, dict | None]:
+    """A weights file and its model.json, from a checkpoint folder, a stage output or a file."""
+    p = Path(path)
+    if p.is_dir():
+        for folder in (p, p / "checkpoint", p / "model"):
+            if (folder / WEIGHTS).is_file():
+                return folder / WEIGHTS, read_meta(folder)
+        raise CheckpointError(f"no {WEIGHTS} in {p} (nor in its checkpoint/ or model/ folder)")
+    if p.is_file():
+        return p, read_meta(p.parent) if p.name == WEIGHTS else None
+    raise CheckpointError(f"checkpoint not found: {p}")
+
+
+def read_meta(folder: Path) -> dict | None:
+    f = folder / META
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+
+
+def load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        if weights.suffix == ".safetensors":
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # each format fails in its own way; the user needs the file and the reason
+        raise CheckpointError(f"cannot read weights {weights}: {str(e).splitlines()[0]}") from None
+    for wrapper in ("state_dict", "model", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights}: not a state dict of tensors")
+    return {_strip(k): v for k, v in state.items()}
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def check_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path,
+              allowed_missing: tuple[str, ...] = ()) -> None:
+    """Refuses a checkpoint that does not fit, naming the keys; only `allowed_missing` may be absent."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(allowed_missing)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+        if keys:
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
+    if problems:
+        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        raise CheckpointError(f"checkpoint {source} does not fit {name}: " + "; ".join(problems))

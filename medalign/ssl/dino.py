@@ -1,0 +1,72 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021, github.com/facebookresearch/dino).
+
+Wiring of lightly's DINOLoss, DINOProjectionHead, update_momentum and cosine_schedule, with
+medical defaults: grayscale intensity views instead of colour jitter, far fewer prototypes than the
+paper's 65536 (small datasets collapse onto a few of them anyway).
+"""
+from __future__ import annotations
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.debug import std_of_l2_normalized
+from lightly.utils.scheduler import cosine_schedule
+from torch import nn
+
+from medalign.config import DinoConfig, PretrainConfig
+from medalign.data.transforms import MultiView, train_view
+from medalign.ssl import register
+
+
+class DINO(nn.Module):
+    def __init__(self, cfg: DinoConfig, make_backbone):
+        super().__init__()
+        self.cfg = cfg
+        self.student = make_backbone()
+        self.teacher = make_backbone()
+        self.teacher.load_state_dict(self.student.state_dict())
+        dim = self.student.num_features
+        self.student_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        # DINOProjectionHead uses weight norm parametrizations, which copy.deepcopy cannot copy:
+        # build the teacher head fresh and load the student's state instead.
+        self.teacher_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        deactivate_requires_grad(self.teacher)
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(output_dim=cfg.out_dim, teacher_temp=cfg.teacher_temp,
+                                  warmup_teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp)
+
+    def forward(self, batch):
+        views, _ = batch
+        global_views = views[:2]
+        with torch.no_grad():
+            teacher_out = [self.teacher_head(self.teacher(v)) for v in global_views]
+        features = [self.student(v) for v in views]
+        student_out = [self.student_head(f) for f in features]
+        loss = self.criterion(teacher_out, student_out)
+        # std of l2-normalised features: about 1/sqrt(dim) when healthy, near 0 when collapsed
+        return {"loss": loss, "embedding_std": std_of_l2_normalized(features[0].detach())}
+
+    def after_step(self, step: int, total: int) -> None:
+        m = cosine_schedule(step, total, self.cfg.teacher_momentum, 1.0)
+        update_momentum(self.student, self.teacher, m)
+        update_momentum(self.student_head, self.teacher_head, m)
+
+    def backbone(self) -> nn.Module:
+        return self.teacher  # the EMA teacher is the better network, as the paper reports
+
+
+@register("dino")
+def build(method: DinoConfig, cfg: PretrainConfig, make_backbone, mean, std):
+    size, local = cfg.backbone.img_size, max(cfg.backbone.img_size // 2, 16)
+    views = [train_view(size, cfg.augment, mean, std)] * 2
+    views += [train_view(local, cfg.augment, mean, std, scale=method.local_crop_scale)] * method.n_local_crops
+    # ViTs see 2 global and several smaller local crops: let timm interpolate position embeddings
+    def backbone():
+        return make_backbone(dynamic_img_size=True) if _is_vit(cfg.backbone.name) else make_backbone()
+    return DINO(method, backbone), MultiView(views)
+
+
+def _is_vit(name: str) -> bool:
+    return "vit" in name or "deit" in name or "eva" in name
