@@ -22,7 +22,14 @@ from medalign.stages import STAGES
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come after options too (`--out x a.b=1`); argparse alone stops at the first
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides += extra
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.func(args)
@@ -56,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", type=Path)
     p.add_argument("overrides", nargs="*", metavar="step.key=value", help="e.g. finetune.optim.lr=1e-3")
     p.add_argument("--force", action="store_true", help="rerun every step, cached or not")
+    p.add_argument("--workdir", type=Path, help="override the pipeline's workdir")
     p.set_defaults(func=_run_pipeline)
 
     p = sub.add_parser("status", help="show each pipeline step as cached or stale, and why")
     p.add_argument("pipeline", type=Path)
     p.add_argument("overrides", nargs="*", metavar="step.key=value")
+    p.add_argument("--workdir", type=Path, help="override the pipeline's workdir")
     p.set_defaults(func=_status)
     return parser
 
@@ -84,7 +93,7 @@ def _run_stage(args) -> None:
 def _run_pipeline(args) -> None:
     from medalign.pipeline import runner, spec
 
-    pipeline = spec.load(args.pipeline, args.overrides)
+    pipeline = spec.load(args.pipeline, args.overrides, args.workdir)
     outputs = runner.run(pipeline, force=args.force)
     last = pipeline.steps[-1].name
     _show(last, json.loads((outputs[last] / "metrics.json").read_text()))
@@ -93,7 +102,7 @@ def _run_pipeline(args) -> None:
 def _status(args) -> None:
     from medalign.pipeline import runner, spec
 
-    pipeline = spec.load(args.pipeline, args.overrides)
+    pipeline = spec.load(args.pipeline, args.overrides, args.workdir)
     width = max(len(s.name) for s in pipeline.steps)
     for p in runner.plan(pipeline):
         state = "cached" if p.cached else "stale "

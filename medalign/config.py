@@ -125,6 +125,11 @@ class LinearAdapter(Section):
     name: Literal["linear"] = "linear"
 
 
+class FullAdapter(Section):
+    """Every weight trains: the reference the adapters are measured against."""
+    name: Literal["full"] = "full"
+
+
 class LoraAdapter(Section):
     """LoRA (Hu et al. 2021) through peft; timm ViTs fuse q, k, v into one `qkv` linear."""
     name: Literal["lora"] = "lora"
@@ -134,7 +139,7 @@ class LoraAdapter(Section):
     target_modules: list[str] = ["qkv"]
 
 
-Adapter = Annotated[Union[LinearAdapter, LoraAdapter], Field(discriminator="name")]
+Adapter = Annotated[Union[LinearAdapter, LoraAdapter, FullAdapter], Field(discriminator="name")]
 
 
 class FinetuneData(Section):
@@ -144,13 +149,26 @@ class FinetuneData(Section):
     batch_size: int = Field(32, ge=1)
 
 
+class FinetuneAugment(AugmentConfig):
+    """Milder than pretraining: the labels must survive the augmentation."""
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    noise_p: float = Field(0.0, ge=0, le=1)
+
+
+class FinetuneOptim(OptimConfig):
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0)
+
+
 class FinetuneConfig(Section):
     seed: int = 0
     backbone: BackboneConfig = BackboneConfig()
     adapter: Adapter = LoraAdapter()
     data: FinetuneData
-    augment: AugmentConfig = AugmentConfig(crop_scale=(0.7, 1.0), blur_p=0.0, noise_p=0.0)
-    optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.01, epochs=10, warmup_epochs=1.0)
+    # subclasses, not instances with other values: `optim.epochs=3` alone must keep these defaults
+    augment: FinetuneAugment = FinetuneAugment()
+    optim: FinetuneOptim = FinetuneOptim()
     runtime: Runtime = Runtime()
 
     def inputs(self) -> dict[str, str | None]:

@@ -1,26 +1,33 @@
-"""Which weights train during fine-tuning: a linear probe, or LoRA through peft."""
+"""Which weights train during fine-tuning: a linear probe, LoRA through peft, or all of them."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from medalign.config import LinearAdapter, LoraAdapter
+from medalign.config import FullAdapter, LinearAdapter, LoraAdapter
+from medalign.errors import ConfigError
+from medalign.models.backbones import head_names
 
 
-def head_name(model: nn.Module) -> str:
-    return model.pretrained_cfg.get("classifier", "head")
-
-
-def apply(model: nn.Module, adapter: LinearAdapter | LoraAdapter) -> nn.Module:
+def apply(model: nn.Module, adapter: LinearAdapter | LoraAdapter | FullAdapter) -> nn.Module:
+    heads = head_names(model)
+    if isinstance(adapter, FullAdapter):
+        return model.requires_grad_(True)
     if isinstance(adapter, LinearAdapter):
         model.requires_grad_(False)
-        model.get_classifier().requires_grad_(True)
+        for h in heads:
+            model.get_submodule(h).requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model  # peft takes seconds to import; only LoRA needs it
 
     config = LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                        target_modules=adapter.target_modules, modules_to_save=[head_name(model)])
-    return get_peft_model(model, config)
+                        target_modules=adapter.target_modules, modules_to_save=heads)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError
+        name = model.pretrained_cfg.get("architecture", type(model).__name__)
+        raise ConfigError(f"adapter.target_modules {adapter.target_modules} match no module of {name} "
+                          f"({str(e).splitlines()[0][:120]})") from None
 
 
 def merged(model: nn.Module) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 from timm.models import adapt_input_conv
 
 from medalign.config import BackboneConfig
-from medalign.errors import CheckpointError
+from medalign.errors import CheckpointError, ConfigError
 from medalign.models import checkpoint
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,29 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source) ->
         state = family_filter(state, model)
     first = f"{pcfg.get('first_conv')}.weight"
     if first in state and first in model.state_dict():
-        want = model.state_dict()[first].shape[1]
-        if state[first].shape[1] != want:
-            state[first] = adapt_input_conv(want, state[first])
-    classifier = pcfg.get("classifier", "head")
-    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        want, w = model.state_dict()[first].shape[1], state[first]
+        if w.shape[1] != want:
+            try:
+                state[first] = adapt_input_conv(want, w, base_chans=w.shape[1])
+            except (NotImplementedError, ValueError, AssertionError) as e:
+                raise CheckpointError(f"{source}: cannot adapt {first} from {w.shape[1]} to {want} "
+                                      f"input channels ({e})") from None
+    heads = tuple(head_names(model))
     own = model.state_dict()
-    for k in [k for k in state if k.startswith(heads) and (k not in own or state[k].shape != own[k].shape)]:
+    for k in [k for k in state if _under(k, heads) and (k not in own or state[k].shape != own[k].shape)]:
         del state[k]  # a head trained for other classes, or none wanted: the new one starts fresh
     checkpoint.check_fit(model, state, source, allowed_missing=heads)
     model.load_state_dict(state, strict=False)
+
+
+def head_names(model: torch.nn.Module) -> list[str]:
+    """The classifier module(s); distilled ViTs have two."""
+    c = model.pretrained_cfg.get("classifier", "head")
+    return [c] if isinstance(c, str) else list(c)
+
+
+def _under(key: str, modules: tuple[str, ...]) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in modules)
 
 
 def normalization(cfg: BackboneConfig) -> dict:
@@ -86,14 +99,19 @@ def normalization(cfg: BackboneConfig) -> dict:
 
 def _build(name: str, img_size: int, kwargs: dict, pretrained: bool) -> torch.nn.Module:
     if not timm.is_model(name):
-        raise CheckpointError(f"unknown timm model '{name}' (see timm.list_models())")
+        raise ConfigError(f"backbone.name: unknown timm model '{name}' (see timm.list_models())")
+    if "img_size" in kwargs:
+        raise ConfigError("backbone.kwargs.img_size: set backbone.img_size instead")
     try:
-        return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+        # CNNs take any input size and have no img_size argument
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-    # CNNs take any input size and have no img_size argument
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        raise ConfigError(f"backbone.kwargs {kwargs} do not fit {name}: {e}") from None
 
 
 def _from_hub(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:

@@ -58,9 +58,13 @@ def read_meta(folder: Path) -> dict | None:
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
+        meta = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    arch = meta.get("architecture") if isinstance(meta, dict) else None
+    if not isinstance(arch, dict) or not {"name", "kwargs", "in_chans"} <= set(arch):
+        raise CheckpointError(f"{f}: not a medalign model.json (no architecture name, kwargs, in_chans)")
+    return meta
 
 
 def load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
@@ -93,7 +97,8 @@ def check_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
               allowed_missing: tuple[str, ...] = ()) -> None:
     """Refuses a checkpoint that does not fit, naming the keys; only `allowed_missing` may be absent."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(allowed_missing)]
+    missing = [k for k in own if k not in state
+               and not any(k == m or k.startswith(m + ".") for m in allowed_missing)]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
              for k in state if k in own and state[k].shape != own[k].shape]

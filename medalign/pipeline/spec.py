@@ -38,7 +38,7 @@ class Pipeline:
     steps: list[Step]  # in an order that runs each step after its dependencies
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Pipeline:
+def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = None) -> Pipeline:
     """Reads a pipeline; overrides are `step.key=value` (e.g. finetune.optim.lr=1e-3)."""
     path = Path(path)
     raw = config.read_yaml(path)
@@ -56,7 +56,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Pipeline:
             raise ConfigError(f"override {item}: expected STEP.key=value with STEP one of {list(entries)}")
         by_step.setdefault(step, []).append(tilde + rest)
     steps = [_step(path, name, entry, by_step.get(name, [])) for name, entry in entries.items()]
-    workdir = Path(raw.get("workdir") or Path("runs") / path.stem)
+    workdir = workdir or Path(raw.get("workdir") or Path("runs") / path.stem)
     return Pipeline(path, workdir, _ordered(path, steps))
 
 

@@ -1,0 +1,92 @@
+"""The command line: help, and bad input answered with one line and a non-zero exit."""
+import subprocess
+import sys
+
+import pytest
+
+from medalign import cli
+from medalign.stages import STAGES
+
+
+def medalign(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "medalign", *args], capture_output=True, text=True, **kw)
+
+
+def test_help_lists_stages_and_each_stage_its_keys():
+    out = medalign("--help").stdout
+    for name in (*STAGES, "run", "status"):
+        assert name in out
+    finetune = medalign("finetune", "--help").stdout
+    assert "--config" in finetune and "optim.lr" in finetune and "adapter.name" in finetune
+
+
+def test_unknown_yaml_key_exits_2_with_one_line(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data: {manifest: m.csv}\noptim: {lrr: 0.1}\n")
+    r = medalign("finetune", "-c", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "optim.lrr" in r.stderr and str(cfg) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_images_are_all_listed_without_traceback(demo_set, tmp_path):
+    gone = ["images/img_00009.png", "images/img_00011.png", "images/img_00013.png"]
+    for g in gone:
+        (demo_set.parent / g).unlink()
+    r = medalign("pretrain", f"data.manifest={demo_set}", "--out", str(tmp_path / "out"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and "3 of" in line and all(g in line for g in gone)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def fails(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(args))
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("medalign: error:")
+    return err
+
+
+def test_empty_manifest(capsys, tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,label,split\n")
+    assert "has no rows" in fails(capsys, "pretrain", f"data.manifest={m}", "--workdir", str(tmp_path))
+
+
+def test_manifest_without_path_column(capsys, tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("file,label\na.png,x\n")
+    assert "no 'path' column" in fails(capsys, "pretrain", f"data.manifest={m}", "--workdir", str(tmp_path))
+
+
+def test_non_image_and_truncated_files_are_named(capsys, demo_set, tmp_path):
+    text = demo_set.parent / "images" / "img_00010.png"
+    text.write_text("this is a text file, not a PNG\n")
+    cut = demo_set.parent / "images" / "img_00012.png"
+    cut.write_bytes(cut.read_bytes()[:60])
+    err = fails(capsys, "finetune", f"data.manifest={demo_set}", "--workdir", str(tmp_path))
+    assert "img_00010.png" in err and "img_00012.png" in err and "2 unreadable" in err
+
+
+def test_split_that_is_absent(capsys, demo_set, tmp_path):
+    err = fails(capsys, "finetune", f"data.manifest={demo_set}", "data.val_split=holdout", "--workdir", str(tmp_path))
+    assert "no rows in split holdout" in err
+
+
+def test_mismatched_checkpoint(capsys, demo_set, tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    bogus = tmp_path / "other.safetensors"
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(bogus))
+    err = fails(capsys, "finetune", f"data.manifest={demo_set}", f"backbone.checkpoint={bogus}",
+                "backbone.name=test_vit", "--workdir", str(tmp_path))
+    assert str(bogus) in err and "does not fit test_vit" in err
+
+
+def test_demo_data_command_writes_a_manifest(capsys, tmp_path):
+    cli.main(["demo-data", str(tmp_path / "d"), "n_unlabeled=2", "n_train=4", "n_val=2", "n_test=2", "img_size=32"])
+    assert (tmp_path / "d" / "manifest.csv").read_text().count("\n") == 11
+    assert "images" in capsys.readouterr().out

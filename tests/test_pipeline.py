@@ -1,0 +1,81 @@
+"""The tiny pipeline end to end: runs, caches, reruns only what an override touches."""
+import json
+
+import pytest
+import timm
+import torch
+
+from medalign import cli
+from medalign.pipeline import runner, spec
+from medalign.pipeline.store import COMPLETE
+
+
+def run(path, *overrides):
+    lines = []
+    outputs = runner.run(spec.load(path, list(overrides)), echo=lines.append)
+    return outputs, lines
+
+
+def ran(lines):
+    return [line.split("]")[0][1:] for line in lines if "running" in line]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_pipeline_writer):
+    path = tiny_pipeline_writer(tmp_path_factory.mktemp("pipeline"))
+    outputs, lines = run(path)
+    return path, outputs, lines
+
+
+def test_first_run_runs_every_step(pipeline):
+    _, outputs, lines = pipeline
+    assert ran(lines) == ["data", "pretrain", "finetune", "evaluate"]
+    for step, out in outputs.items():
+        assert out.parent.name == step and len(out.name) == 16
+        for name in ("config.yaml", "key.json", "metrics.json", COMPLETE):
+            assert (out / name).is_file(), f"{step} lacks {name}"
+    metrics = json.loads((outputs["evaluate"] / "metrics.json").read_text())
+    assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["auroc"] <= 1
+    assert sum(map(sum, metrics["confusion_matrix"]["rows_true_cols_pred"])) == 12
+    assert not list(outputs["pretrain"].parent.glob(".tmp-*"))
+
+
+def test_training_logs_one_json_line_per_step(pipeline):
+    _, outputs, _ = pipeline
+    records = [json.loads(line) for line in (outputs["pretrain"] / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if not r.get("summary")]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+    assert all(r["loss"] > 0 and r["img_per_s"] > 0 and "embedding_std" in r for r in steps)
+    finetune = (outputs["finetune"] / "log.jsonl").read_text()
+    assert "val_auroc" in finetune
+
+
+def test_pretrain_checkpoint_loads_in_plain_timm(pipeline):
+    _, outputs, _ = pipeline
+    folder = outputs["pretrain"] / "checkpoint"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["architecture"]["name"] == "test_vit" and meta["ssl_method"] == "dino"
+    model = timm.create_model("test_vit", num_classes=0, in_chans=1, img_size=32, patch_size=8,
+                              checkpoint_path=str(folder / "model.safetensors"))
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, model.num_features)
+
+
+def test_second_run_is_all_cached(pipeline):
+    path, outputs, _ = pipeline
+    stamps = {s: (o / COMPLETE).stat().st_mtime_ns for s, o in outputs.items()}
+    again, lines = run(path)
+    assert ran(lines) == [] and again == outputs
+    assert {s: (o / COMPLETE).stat().st_mtime_ns for s, o in outputs.items()} == stamps
+
+
+def test_override_reruns_finetune_and_evaluate_only(pipeline, capsys):
+    path, outputs, _ = pipeline
+    new, lines = run(path, "finetune.optim.lr=0.003")
+    assert ran(lines) == ["finetune", "evaluate"]
+    assert new["pretrain"] == outputs["pretrain"] and new["finetune"] != outputs["finetune"]
+    assert "optim.lr 0.001 -> 0.003" in next(line for line in lines if line.startswith("[finetune] running"))
+
+    cli.main(["status", str(path), "finetune.optim.lr=0.004"])
+    status = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert status["data"].startswith("cached") and status["pretrain"].startswith("cached")
+    assert status["finetune"].startswith("stale") and "0.004" in status["finetune"]
