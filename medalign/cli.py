@@ -81,7 +81,9 @@ def _run_stage(args) -> None:
     cfg = config.load(stage.config, args.config, args.overrides)
     rec = cache.record(stage.name, cfg, upstream={})
     out = args.out or args.workdir / stage.name / cache.key_of(rec)
-    if store.is_complete(out) and not (args.out and stage.name == "demo-data"):
+    if out.exists() and any(out.iterdir()) and not store.is_complete(out):
+        raise MedalignError(f"{out} exists and is not a medalign output; it is left alone, choose another folder")
+    if store.is_complete(out) and json.loads((out / "key.json").read_text()) == rec:
         print(f"[{stage.name}] cached  {out}")
         metrics = json.loads((out / "metrics.json").read_text())
     else:

@@ -90,3 +90,19 @@ def test_demo_data_command_writes_a_manifest(capsys, tmp_path):
     cli.main(["demo-data", str(tmp_path / "d"), "n_unlabeled=2", "n_train=4", "n_val=2", "n_test=2", "img_size=32"])
     assert (tmp_path / "d" / "manifest.csv").read_text().count("\n") == 11
     assert "images" in capsys.readouterr().out
+
+
+def test_explicit_out_reruns_when_the_config_changes_and_never_clobbers_foreign_folders(capsys, tmp_path):
+    out = tmp_path / "d"
+    cli.main(["demo-data", str(out), "n_unlabeled=2", "n_train=4", "n_val=2", "n_test=2", "img_size=32"])
+    cli.main(["demo-data", str(out), "n_unlabeled=2", "n_train=4", "n_val=2", "n_test=2", "img_size=32"])
+    assert "cached" in capsys.readouterr().out
+    cli.main(["demo-data", str(out), "n_unlabeled=3", "n_train=4", "n_val=2", "n_test=2", "img_size=32"])
+    assert "done" in capsys.readouterr().out
+    assert (out / "manifest.csv").read_text().count("\n") == 12
+
+    mine = tmp_path / "my_scans"
+    mine.mkdir()
+    (mine / "precious.dcm").write_text("x")
+    assert "not a medalign output" in fails(capsys, "demo-data", str(mine))
+    assert (mine / "precious.dcm").exists()
