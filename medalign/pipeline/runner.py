@@ -30,8 +30,7 @@ def plan(pipeline: Pipeline) -> list[Planned]:
     keys: dict[str, str] = {}
     planned = []
     for step in pipeline.steps:
-        cfg = config.validate(STAGES[step.stage].config, step.raw, f"{pipeline.path} step '{step.name}'")
-        rec = cache.record(step.stage, cfg, {d: keys[d] for d in step.deps})
+        rec = cache.record(step.stage, step.cfg, {d: keys[d] for d in step.deps})
         key = keys[step.name] = cache.key_of(rec)
         out = pipeline.workdir / step.name / key
         cached = store.is_complete(out)

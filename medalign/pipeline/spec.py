@@ -28,6 +28,7 @@ class Step:
     name: str
     stage: str
     raw: dict  # the config with ${refs} unresolved: what the cache key sees
+    cfg: config.Section  # raw, validated
     deps: list[str]
 
 
@@ -70,9 +71,8 @@ def _step(path: Path, name: str, entry, overrides: list[str]) -> Step:
     _merge(raw, copy.deepcopy(entry.get("config") or {}))
     config.apply_overrides(raw, overrides)
     source = f"{path} step '{name}'"
-    config.validate(STAGES[stage].config, raw, source, overrides)  # fail early, before anything runs
-    deps = sorted(set(REF.findall(str(raw))))
-    return Step(name, stage, raw, deps)
+    cfg = config.validate(STAGES[stage].config, raw, source, overrides)  # fail early, before anything runs
+    return Step(name, stage, raw, cfg, deps=sorted(set(REF.findall(str(raw)))))
 
 
 def _merge(base: dict, top: dict) -> None:
