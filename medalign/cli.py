@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def _run_stage(args) -> None:
         metrics = json.loads((out / "metrics.json").read_text())
     else:
         metrics = runner.execute(stage, cfg, out, rec)
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
+            return
         print(f"[{stage.name}] done    {out}")
     _show(stage.name, metrics)
 
