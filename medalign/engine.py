@@ -8,6 +8,7 @@ with throughput and ETA, and one JSON line per step in log.jsonl.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -85,50 +86,53 @@ def fit(objective: torch.nn.Module, train_loader: DataLoader, optim: config.Opti
     model = DistributedDataParallel(objective) if rt.world_size > 1 else objective
     steps_per_epoch = len(train_loader)
     total, warmup = optim.epochs * steps_per_epoch, int(optim.warmup_epochs * steps_per_epoch)
-    log = log_path.open("a") if rt.is_main else None
     step, start, history = 0, time.perf_counter(), []
-    for epoch in range(optim.epochs):
-        sums: dict[str, float] = {}
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        model.train()
-        bar = tqdm(train_loader, desc=f"{desc} epoch {epoch + 1}/{optim.epochs}", unit="batch",
-                   disable=None if rt.is_main else True, leave=False)
-        for batch in bar:
+    with log_path.open("a") if rt.is_main else contextlib.nullcontext() as log:
+        for epoch in range(optim.epochs):
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            bar = tqdm(train_loader, desc=f"{desc} epoch {epoch + 1}/{optim.epochs}", unit="batch",
+                       disable=None if rt.is_main else True, leave=False)
             tick = time.perf_counter()
-            lr = lr_at(step, total, optim.lr, warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch = _to(batch, rt.device)
-            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
-                out = model(batch)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise MedalignError(f"{desc}: loss is {loss.item()} at step {step}; lower optim.lr or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, optim.clip_grad)
-            opt.step()
-            if hasattr(objective, "after_step"):
-                objective.after_step(step, total)
-            step += 1
-            n = _batch_size(batch) * rt.world_size
-            record = {"epoch": epoch, "step": step, "lr": lr, "img_per_s": n / (time.perf_counter() - tick),
-                      "elapsed_s": time.perf_counter() - start, **{k: float(v.detach()) for k, v in out.items()}}
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + record[k]
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+            for batch in bar:
+                lr = lr_at(step, total, optim.lr, warmup)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                batch = _to(batch, rt.device)
+                with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+                    out = model(batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise MedalignError(f"{desc}: loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if optim.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, optim.clip_grad)
+                opt.step()
+                if hasattr(objective, "after_step"):
+                    objective.after_step(step, total)
+                step += 1
+
+                # throughput from one step's end to the next: data loading counts, as it does for the user
+                now, n = time.perf_counter(), _batch_size(batch) * rt.world_size
+                # float() syncs with the GPU once a step: the price of a log line per step
+                record = {"epoch": epoch, "step": step, "lr": lr, "img_per_s": n / (now - tick),
+                          "elapsed_s": now - start, **{k: float(v.detach()) for k, v in out.items()}}
+                tick = now
+                for k in out:
+                    sums[k] = sums.get(k, 0.0) + record[k]
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                if log:
+                    log.write(json.dumps(record) + "\n")
+            summary = {"epoch": epoch, "step": step, "elapsed_s": time.perf_counter() - start,
+                       **{k: v / steps_per_epoch for k, v in sums.items()},
+                       **(on_epoch_end(epoch) if on_epoch_end else {})}
+            history.append(summary)
             if log:
-                log.write(json.dumps(record) + "\n")
-        summary = {"epoch": epoch, "step": step, "elapsed_s": time.perf_counter() - start,
-                   **{k: v / steps_per_epoch for k, v in sums.items()}, **(on_epoch_end(epoch) if on_epoch_end else {})}
-        history.append(summary)
-        if log:
-            log.write(json.dumps({"summary": True, **summary}) + "\n")
-            log.flush()
-    if log:
-        log.close()
+                log.write(json.dumps({"summary": True, **summary}) + "\n")
+                log.flush()
     return history
 
 
