@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from medalign.config import BackboneConfig, LinearAdapter, LoraAdapter
-from medalign.errors import CheckpointError
+from medalign.errors import CheckpointError, ConfigError
 from medalign.models import adapters, backbones, checkpoint
 
 VIT = dict(name="test_vit", kwargs={"patch_size": 8}, img_size=32)
@@ -444,3 +444,27 @@ def test_normalization_from_model_json_wins(tmp_path):
     path = _raw(backbones.create(cfg), tmp_path / "bare.safetensors")
     assert backbones.normalization(BackboneConfig(name="resnet18", checkpoint=str(path))) == \
         backbones.normalization(BackboneConfig(name="resnet18"))
+
+
+# -- 9. configuration mistakes become one-line errors ------------------------------------------------
+
+def test_lora_targets_that_match_nothing_are_a_config_error():
+    model = backbones.create(BackboneConfig(**RESNET), num_classes=2)
+    with pytest.raises(ConfigError, match=r"adapter.target_modules \['qkv'\] match no module of test_resnet"):
+        adapters.apply(model, LoraAdapter(target_modules=["qkv"]))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"img_size": 16}, "set backbone.img_size"),
+                                             ({"no_such_arg": 1}, "do not fit test_vit")])
+def test_bad_timm_kwargs_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        backbones.create(BackboneConfig(name="test_vit", kwargs=kwargs, img_size=32))
+
+
+def test_one_channel_weights_expand_to_three(tmp_path):
+    """A bare weights file (no model.json to insist on 1 channel) into a 3-channel model."""
+    gray = _perturb(backbones.create(BackboneConfig(**VIT, in_chans=1)))
+    save_file(gray.state_dict(), str(tmp_path / "gray.safetensors"))
+    w = gray.state_dict()["patch_embed.proj.weight"]
+    rgb = backbones.create(BackboneConfig(**VIT, in_chans=3, checkpoint=str(tmp_path / "gray.safetensors")))
+    assert torch.allclose(rgb.state_dict()["patch_embed.proj.weight"], w.repeat(1, 3, 1, 1) / 3)
