@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from medalign import config
+from medalign.data.transforms import seed_worker
 from medalign.errors import MedalignError
 
 
@@ -64,7 +65,8 @@ def loader(dataset: Dataset, batch_size: int, rt: Runtime, *, train: bool, num_w
     sampler = DistributedSampler(dataset, shuffle=train) if rt.world_size > 1 and train else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       drop_last=train and len(dataset) > batch_size, num_workers=num_workers,
-                      pin_memory=rt.device.type == "cuda", persistent_workers=num_workers > 0)
+                      pin_memory=rt.device.type == "cuda", persistent_workers=num_workers > 0,
+                      worker_init_fn=seed_worker)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

@@ -79,3 +79,17 @@ def test_override_reruns_finetune_and_evaluate_only(pipeline, capsys):
     status = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
     assert status["data"].startswith("cached") and status["pretrain"].startswith("cached")
     assert status["finetune"].startswith("stale") and "0.004" in status["finetune"]
+
+
+def test_same_seed_same_weights(demo_set, tmp_path):
+    """Seeds reach everything random: model init, shuffling and albumentations' own generators."""
+    from safetensors.torch import load_file
+
+    def pretrain(out, seed):
+        cli.main(["pretrain", f"data.manifest={demo_set}", "backbone.name=test_resnet", "backbone.img_size=32",
+                  "method.name=simclr", "data.batch_size=8", "optim.epochs=1", f"seed={seed}", "--out", str(out)])
+        return load_file(str(out / "checkpoint" / "model.safetensors"))
+
+    a, b, c = pretrain(tmp_path / "a", 0), pretrain(tmp_path / "b", 0), pretrain(tmp_path / "c", 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -6,7 +6,9 @@ recipes, which has no meaning for a single channel.
 from __future__ import annotations
 
 import albumentations as A
+import torch
 from albumentations.pytorch import ToTensorV2
+from torch.utils.data import get_worker_info
 
 from medalign.config import AugmentConfig
 
@@ -39,10 +41,26 @@ class MultiView:
     def __call__(self, image):
         return [v(image=image)["image"] for v in self.views]
 
+    def reseed(self, seed: int) -> "MultiView":
+        # albumentations ignores the global seeds: each Compose holds its own generator
+        for i, v in enumerate(self.views):
+            v.set_random_seed(seed + i)
+        return self
 
-class Single:
+
+class Single(MultiView):
     def __init__(self, view: A.Compose):
-        self.view = view
+        super().__init__([view])
 
     def __call__(self, image):
-        return self.view(image=image)["image"]
+        return self.views[0](image=image)["image"]
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader workers start from copies of one seeded transform: give each its own stream.
+
+    torch.initial_seed() in a worker derives from the seeded main process, so runs stay reproducible.
+    """
+    transform = getattr(get_worker_info().dataset, "transform", None)
+    if isinstance(transform, MultiView):
+        transform.reseed(torch.initial_seed() % 2**31)

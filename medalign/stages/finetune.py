@@ -35,7 +35,8 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
 
     model = adapters.apply(backbones.create(cfg.backbone, num_classes=len(classes)), cfg.adapter)
     trainable, total = adapters.count_parameters(model)
-    train = ImageDataset(manifest, train_rows, Single(train_view(size, cfg.augment, **norm)), chans, classes)
+    augment = Single(train_view(size, cfg.augment, **norm)).reseed(cfg.seed + rt.rank)
+    train = ImageDataset(manifest, train_rows, augment, chans, classes)
     val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm)), chans, classes)
     workers = cfg.runtime.num_workers
     train_data = engine.loader(train, cfg.data.batch_size, rt, train=True, num_workers=workers)

@@ -15,7 +15,7 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     manifest, rows = load_rows(cfg.data.manifest, cfg.data.splits)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
-    dataset = ImageDataset(manifest, rows, views, channels=arch["in_chans"])
+    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), channels=arch["in_chans"])
     data = engine.loader(dataset, cfg.data.batch_size, rt, train=True, num_workers=cfg.runtime.num_workers)
     history = engine.fit(objective, data, cfg.optim, rt, out_dir / "log.jsonl", desc="pretrain")
     if rt.is_main:
