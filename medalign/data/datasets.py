@@ -17,8 +17,19 @@ def load_rows(manifest_path: str | Path, splits: list[str] | str) -> tuple[Manif
     manifest = read_manifest(manifest_path)
     rows = manifest.select(splits)
     check_files(manifest, rows)
-    verify_images([manifest.image_path(r) for r in rows])
+    verify_images([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows])
     return manifest, rows
+
+
+def frame_index(manifest: Manifest, row: dict) -> int | None:
+    """The optional `index` column: a DICOM frame, a NIfTI slice or an npz row."""
+    value = row.get("index", "")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
 
 
 def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
@@ -52,5 +63,6 @@ class ImageDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        image = read_image(self.manifest.image_path(self.rows[i]), self.channels)
+        row = self.rows[i]
+        image = read_image(self.manifest.image_path(row), self.channels, frame_index(self.manifest, row))
         return self.transform(image.transpose(1, 2, 0)), torch.tensor(self.targets[i])

@@ -1,0 +1,106 @@
+"""NIfTI (.nii, .nii.gz) through nibabel, imported inside the functions that need it: one slice
+along voxel axis 2, shown as a radiology viewer shows it, percentile-scaled or windowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medalign.data.readers._errors import _Bad
+from medalign.data.readers._scaling import _apply_window
+
+
+def read(path: Path, index: int | None, window) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.load(path)
+    shape = img.shape
+    if len(shape) < 2:
+        raise _Bad(f"not an image: shape {shape}")
+    if len(shape) == 2:
+        if index not in (None, 0):
+            raise _Bad(f"slice index {index} out of range: the volume has 1 slice")
+        k = 0
+    else:
+        k = _nifti_slice(shape, index)
+    # proxy slicing: reads one slice (for 4D: of the first volume), not the whole file's data
+    key = (slice(None), slice(None)) + ((k,) if len(shape) >= 3 else ()) + (0,) * max(len(shape) - 3, 0)
+    sl = np.asarray(img.dataobj[key], dtype=np.float64)
+    sl = _radiological_view(sl, img.affine)
+    if window is not None:
+        return _apply_window(sl, window)[None]
+    return _percentile_scale(sl)[None]
+
+
+def _nifti_slice(shape, index: int | None) -> int:
+    n = int(shape[2])
+    k = n // 2 if index is None else index  # default: the middle slice (slice 0 is often empty)
+    if k >= n:
+        raise _Bad(f"slice index {k} out of range: the volume has {n} slices along axis 2")
+    return k
+
+
+def _radiological_view(sl: np.ndarray, affine) -> np.ndarray:
+    """Orients a voxel-axes (i, j) slice as a radiology viewer shows it, using the affine.
+
+    Chosen convention: rows top-to-bottom run anterior -> posterior for an axial slice (superior
+    -> inferior when a S/I axis is in-plane), and columns left-to-right run from the patient's
+    right to left (radiological convention: patient's right on the viewer's left); for a sagittal
+    slice, anterior is on the left. For the common RAS/LAS storage of an axial slice this is
+    `slice.T` with its rows flipped (and, for RAS, its columns flipped). Without a usable affine,
+    `slice.T[::-1]` (voxel order, j up).
+    """
+    import nibabel as nib
+
+    rank = {"S": 2, "I": 2, "A": 1, "P": 1, "L": 0, "R": 0}
+    try:
+        c0, c1 = nib.aff2axcodes(affine)[:2]
+    except Exception:
+        c0 = c1 = None
+    if c0 is None or c1 is None or rank[c0] == rank[c1]:
+        return sl.T[::-1]
+    if rank[c0] > rank[c1]:
+        out, row_code, col_code = sl, c0, c1
+    else:
+        out, row_code, col_code = sl.T, c1, c0
+    if row_code in ("S", "A"):  # index grows upward in the body: put it at the top
+        out = out[::-1, :]
+    if col_code in ("R", "A"):  # patient's right (or anterior) on the viewer's left
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _percentile_scale(x: np.ndarray) -> np.ndarray:
+    """Clips to the slice's 0.5/99.5 percentiles, then [0, 1]; min-max when those coincide but the
+    slice is not constant (a few bright voxels on a flat background); a constant slice -> zeros."""
+    finite = np.isfinite(x)
+    if not finite.any():
+        return np.zeros(x.shape)
+    vals = x[finite]
+    lo, hi = (float(v) for v in np.percentile(vals, [0.5, 99.5]))
+    if hi <= lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    if hi <= lo:
+        return np.zeros(x.shape)
+    out = np.clip((x - lo) / (hi - lo), 0, 1)
+    out[~finite] = 0.0
+    return out
+
+
+def verify(path: Path, index: int | None) -> None:
+    import nibabel as nib
+
+    img = nib.load(path)  # reads the header only
+    shape = img.shape
+    if len(shape) < 2:
+        raise _Bad(f"not an image: shape {shape}")
+    if len(shape) == 2:
+        if index not in (None, 0):
+            raise _Bad(f"slice index {index} out of range: the volume has 1 slice")
+    else:
+        _nifti_slice(shape, index)
+    if path.name.lower().endswith(".nii"):  # uncompressed: the file must hold all the voxels
+        header = img.header
+        need = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+        if path.stat().st_size < need:
+            raise _Bad(f"truncated: the header promises {need} bytes, the file has {path.stat().st_size}")
