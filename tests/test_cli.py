@@ -106,3 +106,25 @@ def test_explicit_out_reruns_when_the_config_changes_and_never_clobbers_foreign_
     (mine / "precious.dcm").write_text("x")
     assert "not a medalign output" in fails(capsys, "demo-data", str(mine))
     assert (mine / "precious.dcm").exists()
+
+
+def test_manifest_build_then_validate_finds_a_leak(capsys, tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / label / f"{i}.png")
+    leaked = tmp_path / "data" / "test" / "b" / "copy.png"
+    leaked.write_bytes((tmp_path / "data" / "train" / "a" / "0.png").read_bytes())
+    m = tmp_path / "m.csv"
+    cli.main(["manifest", "build", "folder", str(tmp_path / "data"), str(m)])
+    assert "wrote 13 rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["manifest", "validate", str(m)])
+    out = capsys.readouterr().out
+    assert e.value.code == 1 and "copy.png" in out and "0.png" in out and "error(s)" in out

@@ -521,6 +521,16 @@ def summarize(report: dict) -> str:
     for split, labels in report.get("counts", {}).items():
         if labels:
             lines.append(f"  {split or '(no split)'}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in labels.items()))
+    if "matched" in report:
+        lines.append(f"joined on {report['key']}: {report['matched']} rows matched; without a match: "
+                     f"{report['manifest_unmatched']['count']} manifest rows, "
+                     f"{report['labels_unmatched']['count']} label rows; ambiguous: {report['ambiguous']['count']}")
+        several = report.get("several_label_rows") or {}
+        if several.get("files"):
+            lines.append(f"  {several['files']} files matched several label rows: kept the first, "
+                         f"dropped {several['rows_dropped']}")
+        for column, c in report.get("clashes", {}).items():
+            lines.append(f"  {column}: {c['disagree']} of {c['compared']} disagree ({c['rule']})")
     skipped = report.get("skipped", [])
     if skipped:
         reasons = Counter(s["reason"] for s in skipped)
