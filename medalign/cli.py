@@ -87,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--columns", help="comma-separated columns to add (default: all)")
     j.add_argument("--overwrite", default="", help="comma-separated columns that replace the manifest's own")
     j.set_defaults(func=_manifest_join)
+    sp = actions.add_parser("split", help="patient-grouped, stratified train/val/test, k folds, few-shot subsets")
+    sp.add_argument("manifest", type=Path)
+    sp.add_argument("out", type=Path)
+    sp.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test (default 0.7,0.15,0.15)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--folds", type=int, default=0, help="add a `fold` column over train+val")
+    sp.add_argument("--few-shot", default="", help="e.g. 5,10,0.1: k per class or a fraction of train")
+    sp.add_argument("--few-shot-seeds", default="0", help="e.g. 0,1,2: one column per subset and seed")
+    sp.set_defaults(func=_manifest_split)
     v = actions.add_parser("validate", help="report every problem at once; exit 1 on errors")
     v.add_argument("manifest", type=Path)
     v.add_argument("--no-near-duplicates", action="store_true", help="skip the perceptual-hash check")
@@ -163,6 +172,25 @@ def _manifest_join(args) -> None:
                             columns=args.columns.split(",") if args.columns else None,
                             overwrite=[c for c in args.overwrite.split(",") if c])
     print(build.summarize(report))
+
+
+def _manifest_split(args) -> None:
+    from medalign.data.split import split
+
+    def numbers(text: str, kind=float) -> list:
+        try:
+            return [int(x) if kind is int or x.strip().isdigit() else float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise MedalignError(f"not a comma-separated list of numbers: '{text}'") from None
+
+    report = split(args.manifest, args.out, fractions=tuple(numbers(args.fractions)), seed=args.seed,
+                   folds=args.folds, few_shot=numbers(args.few_shot), few_shot_seeds=numbers(args.few_shot_seeds, int))
+    print(f"wrote {report['rows']} rows to {report['manifest']}")
+    for name, labels in report["counts"].items():
+        print(f"  {name}: " + ", ".join(f"{k or '(no label)'} {v}" for k, v in labels.items()))
+    extra = [c for c in report["columns"] if c == "fold" or c.startswith("fewshot_")]
+    if extra:
+        print("  columns: " + ", ".join(extra))
 
 
 def _manifest_validate(args) -> None:
