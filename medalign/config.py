@@ -64,6 +64,10 @@ class Runtime(Section):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
 
 
+CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($MEDALIGN_CACHE, "
+              "default ~/.cache/medalign); later epochs and stages read it")
+
+
 # -- stage configs -----------------------------------------------------------------------------
 
 class DemoDataConfig(Section):
@@ -104,6 +108,7 @@ class PretrainData(Section):
     manifest: str = Field(..., description="manifest CSV; labels are ignored")
     splits: list[str] = Field(["unlabeled", "train"],
                               description="rows used; keep val/test out of pretraining")
+    cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
 
 
@@ -146,6 +151,7 @@ class FinetuneData(Section):
     manifest: str
     train_split: str = "train"
     val_split: str = "val"
+    cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(32, ge=1)
 
 
@@ -178,6 +184,7 @@ class FinetuneConfig(Section):
 class EvaluateData(Section):
     manifest: str
     split: str = "test"
+    cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
 
 

@@ -93,3 +93,22 @@ def test_same_seed_same_weights(demo_set, tmp_path):
     a, b, c = pretrain(tmp_path / "a", 0), pretrain(tmp_path / "b", 0), pretrain(tmp_path / "c", 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_preprocessing_cache_is_filled_once_and_reused(demo_set, tmp_path, monkeypatch):
+    from medalign.data import datasets, readers
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "cache"))
+    args = ["pretrain", f"data.manifest={demo_set}", "backbone.name=test_resnet", "backbone.img_size=32",
+            "method.name=simclr", "data.batch_size=8", "optim.epochs=2", "data.cache=true"]
+    cli.main([*args, "--out", str(tmp_path / "a")])
+    entries = list((tmp_path / "cache" / "preprocess").glob("*.npy"))
+    assert len(entries) == 1
+
+    decoded = []
+    real = readers.read_image
+    counting = lambda *a, **k: decoded.append(a) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(readers, "read_image", counting)
+    monkeypatch.setattr(datasets, "read_image", counting)
+    cli.main([*args, "seed=1", "--out", str(tmp_path / "b")])  # another run, same images: no decoding
+    assert decoded == [] and (tmp_path / "b" / "COMPLETE").exists()

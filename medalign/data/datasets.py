@@ -1,13 +1,15 @@
 """torch Datasets over manifest rows."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
 
-from medalign.data.manifest import Manifest, check_files, read_manifest
+from medalign.data.manifest import Manifest, check_files, frame_index, read_manifest
+from medalign.data.preprocess_cache import PreprocessCache
 from medalign.data.readers import read_image, verify_images
 from medalign.errors import DataError
 
@@ -19,17 +21,6 @@ def load_rows(manifest_path: str | Path, splits: list[str] | str) -> tuple[Manif
     check_files(manifest, rows)
     verify_images([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows])
     return manifest, rows
-
-
-def frame_index(manifest: Manifest, row: dict) -> int | None:
-    """The optional `index` column: a DICOM frame, a NIfTI slice or an npz row."""
-    value = row.get("index", "")
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
 
 
 def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
@@ -45,12 +36,27 @@ def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
     return names
 
 
+def preprocess_cache(manifest: Manifest, rows: list[dict], channels: int, size: int,
+                     enabled: bool) -> PreprocessCache | None:
+    """The filled cache for these rows, or None; its folder is $MEDALIGN_CACHE or ~/.cache/medalign."""
+    if not enabled:
+        return None
+    root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
+    cache = PreprocessCache(root, manifest, rows, channels, size)
+    cache.fill(progress=True)
+    return cache
+
+
 class ImageDataset(Dataset):
-    """Returns (transform(image), class index), index -1 where no classes are given."""
+    """Returns (transform(image), class index), index -1 where no classes are given.
+
+    With a preprocessing cache, images come decoded and resized from it instead of from their files.
+    """
 
     def __init__(self, manifest: Manifest, rows: list[dict], transform: Callable, channels: int,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, cache: PreprocessCache | None = None):
         self.manifest, self.rows, self.transform, self.channels = manifest, rows, transform, channels
+        self.cache = cache
         self.targets = [-1] * len(rows)
         if classes is not None:
             unknown = sorted({r["label"] for r in rows} - set(classes))
@@ -63,6 +69,10 @@ class ImageDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        row = self.rows[i]
-        image = read_image(self.manifest.image_path(row), self.channels, frame_index(self.manifest, row))
-        return self.transform(image.transpose(1, 2, 0)), torch.tensor(self.targets[i])
+        if self.cache is not None:
+            image = self.cache[i]
+        else:
+            row = self.rows[i]
+            image = read_image(self.manifest.image_path(row), self.channels,
+                               frame_index(self.manifest, row)).transpose(1, 2, 0)
+        return self.transform(image), torch.tensor(self.targets[i])

@@ -57,6 +57,17 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(path, columns, rows)
 
 
+def frame_index(manifest: Manifest, row: dict[str, str]) -> int | None:
+    """The optional `index` column: a DICOM frame, a NIfTI slice or an npz row."""
+    value = row.get("index", "")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
+
+
 def check_files(manifest: Manifest, rows: list[dict[str, str]]) -> None:
     """Every missing image at once: a user fixes a broken export in one go, not one run per file."""
     index = {id(r): i for i, r in enumerate(manifest.rows)}

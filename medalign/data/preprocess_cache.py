@@ -42,7 +42,7 @@ import numpy as np
 
 from medalign.config import digest
 from medalign.data import readers
-from medalign.data.manifest import Manifest, fingerprint
+from medalign.data.manifest import Manifest, fingerprint, frame_index
 from medalign.errors import DataError
 
 FORMAT_VERSION = 1
@@ -61,7 +61,7 @@ class PreprocessCache:
         self.root = Path(root)
         self.manifest, self.rows = manifest, list(rows)
         self.channels, self.size, self.window = int(channels), int(size), window
-        self._entries = [(r["path"], _index(manifest, r)) for r in self.rows]
+        self._entries = [(r["path"], frame_index(manifest, r)) for r in self.rows]
         self.key = digest({
             "version": FORMAT_VERSION,
             "manifest": fingerprint(manifest.path),
@@ -205,17 +205,6 @@ def prune(root: Path, keep: set[str]) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _index(manifest: Manifest, row: dict) -> int | None:
-    # as medalign.data.datasets.frame_index, repeated so that this module does not import torch
-    value = row.get("index", "")
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
 
 
 def _remove_stale_temps(root: Path, key: str) -> None:

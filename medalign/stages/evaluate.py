@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, load_rows
+from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache
 from medalign.data.transforms import Single, eval_view
 from medalign.errors import CheckpointError
 from medalign.metrics.classification import classification_metrics
@@ -28,7 +28,8 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
 
     manifest, rows = load_rows(cfg.data.manifest, cfg.data.split)
     view = Single(eval_view(meta["img_size"], **meta["normalization"]))
-    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes)
+    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache)
+    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,
                                                          num_workers=cfg.runtime.num_workers), rt)
     metrics = {"split": cfg.data.split, **classification_metrics(targets, probs, classes)}

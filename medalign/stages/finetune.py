@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, class_names, load_rows
+from medalign.data.datasets import ImageDataset, class_names, load_rows, preprocess_cache
 from medalign.data.manifest import fingerprint
 from medalign.data.transforms import Single, eval_view, train_view
 from medalign.metrics.classification import classification_metrics
@@ -36,8 +36,10 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     model = adapters.apply(backbones.create(cfg.backbone, num_classes=len(classes)), cfg.adapter)
     trainable, total = adapters.count_parameters(model)
     augment = Single(train_view(size, cfg.augment, **norm)).reseed(cfg.seed + rt.rank)
-    train = ImageDataset(manifest, train_rows, augment, chans, classes)
-    val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm)), chans, classes)
+    train = ImageDataset(manifest, train_rows, augment, chans, classes,
+                         preprocess_cache(manifest, train_rows, chans, size, cfg.data.cache))
+    val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm)), chans, classes,
+                       preprocess_cache(manifest, val_rows, chans, size, cfg.data.cache))
     workers = cfg.runtime.num_workers
     train_data = engine.loader(train, cfg.data.batch_size, rt, train=True, num_workers=workers)
     val_data = engine.loader(val, cfg.data.batch_size, rt, train=False, num_workers=workers)

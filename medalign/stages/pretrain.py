@@ -5,7 +5,7 @@ from functools import partial
 from pathlib import Path
 
 from medalign import config, engine, ssl
-from medalign.data.datasets import ImageDataset, load_rows
+from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache
 from medalign.data.manifest import fingerprint
 from medalign.models import backbones, checkpoint
 
@@ -15,7 +15,8 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     manifest, rows = load_rows(cfg.data.manifest, cfg.data.splits)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
-    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), channels=arch["in_chans"])
+    cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache)
+    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"], cache=cache)
     data = engine.loader(dataset, cfg.data.batch_size, rt, train=True, num_workers=cfg.runtime.num_workers)
     history = engine.fit(objective, data, cfg.optim, rt, out_dir / "log.jsonl", desc="pretrain")
     if rt.is_main:
