@@ -64,6 +64,7 @@ class Runtime(Section):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
 
 
+ON_ERROR_HELP = "a missing or unreadable image: fail (name them all) or skip (listed in skipped.csv)"
 CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($MEDALIGN_CACHE, "
               "default ~/.cache/medalign); later epochs and stages read it")
 
@@ -108,6 +109,7 @@ class PretrainData(Section):
     manifest: str = Field(..., description="manifest CSV; labels are ignored")
     splits: list[str] = Field(["unlabeled", "train"],
                               description="rows used; keep val/test out of pretraining")
+    on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
 
@@ -151,6 +153,7 @@ class FinetuneData(Section):
     manifest: str
     train_split: str = "train"
     val_split: str = "val"
+    on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(32, ge=1)
 
@@ -184,6 +187,7 @@ class FinetuneConfig(Section):
 class EvaluateData(Section):
     manifest: str
     split: str = "test"
+    on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
 

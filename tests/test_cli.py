@@ -128,3 +128,18 @@ def test_manifest_build_then_validate_finds_a_leak(capsys, tmp_path):
         cli.main(["manifest", "validate", str(m)])
     out = capsys.readouterr().out
     assert e.value.code == 1 and "copy.png" in out and "0.png" in out and "error(s)" in out
+
+
+def test_on_error_skip_lists_bad_rows_and_counts_them(capsys, demo_set, tmp_path):
+    import json
+
+    (demo_set.parent / "images" / "img_00009.png").unlink()
+    (demo_set.parent / "images" / "img_00010.png").write_text("not an image")
+    out = tmp_path / "out"
+    cli.main(["pretrain", f"data.manifest={demo_set}", "data.on_error=skip", "backbone.name=test_resnet",
+              "backbone.img_size=32", "method.name=simclr", "data.batch_size=4", "optim.epochs=1", "--out", str(out)])
+    skipped = (out / "skipped.csv").read_text().splitlines()
+    assert skipped[0] == "path,index,reason" and len(skipped) == 3
+    assert "img_00009.png" in skipped[1] + skipped[2] and "img_00010.png" in skipped[1] + skipped[2]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_rows"] == 2 and metrics["images"] == 18

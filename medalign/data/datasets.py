@@ -1,6 +1,8 @@
 """torch Datasets over manifest rows."""
 from __future__ import annotations
 
+import csv
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -10,17 +12,46 @@ from torch.utils.data import Dataset
 
 from medalign.data.manifest import Manifest, check_files, frame_index, read_manifest
 from medalign.data.preprocess_cache import PreprocessCache
-from medalign.data.readers import read_image, verify_images
+from medalign.data.readers import read_image, unreadable
 from medalign.errors import DataError
 
+log = logging.getLogger(__name__)
 
-def load_rows(manifest_path: str | Path, splits: list[str] | str) -> tuple[Manifest, list[dict]]:
-    """The rows of the given splits, after checking that every image exists and opens."""
+
+def load_rows(manifest_path: str | Path, splits: list[str] | str,
+              on_error: str = "fail") -> tuple[Manifest, list[dict], list[dict]]:
+    """The rows of the given splits whose images exist and open, and the rows skipped (with why).
+
+    on_error="fail" raises on the first bad file found, naming every bad one; "skip" drops them,
+    and the stage lists them in its output rather than losing them silently.
+    """
     manifest = read_manifest(manifest_path)
     rows = manifest.select(splits)
-    check_files(manifest, rows)
-    verify_images([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows])
-    return manifest, rows
+    if on_error == "fail":
+        check_files(manifest, rows)
+    bad = unreadable([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows])
+    if bad and on_error == "fail":
+        raise DataError(f"{len(bad)} unreadable image(s): "
+                        + "; ".join(f"{manifest.image_path(rows[i])} ({why})" for i, why in bad))
+    skipped = [{"path": rows[i]["path"], "index": rows[i].get("index", ""), "reason": why} for i, why in bad]
+    drop = {i for i, _ in bad}
+    kept = [r for i, r in enumerate(rows) if i not in drop]
+    if not kept:
+        raise DataError(f"manifest {manifest.path}: every row of split {splits} was skipped "
+                        f"({skipped[0]['path']}: {skipped[0]['reason']}, ...)")
+    return manifest, kept, skipped
+
+
+def write_skipped(out_dir: Path, skipped: list[dict]) -> int:
+    """skipped.csv in the stage output; returns the count for metrics.json."""
+    if skipped:
+        with (out_dir / "skipped.csv").open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "index", "reason"])
+            if f.tell() == 0:
+                w.writeheader()
+            w.writerows(skipped)
+        log.warning("skipped %d unreadable or missing row(s); listed in %s", len(skipped), out_dir / "skipped.csv")
+    return len(skipped)
 
 
 def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:

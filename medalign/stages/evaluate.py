@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache
+from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache, write_skipped
 from medalign.data.transforms import Single, eval_view
 from medalign.errors import CheckpointError
 from medalign.metrics.classification import classification_metrics
@@ -26,13 +26,15 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
     model.load_state_dict(state)
     model.to(rt.device)
 
-    manifest, rows = load_rows(cfg.data.manifest, cfg.data.split)
+    manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.split, cfg.data.on_error)
     view = Single(eval_view(meta["img_size"], **meta["normalization"]))
     cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache)
     dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,
                                                          num_workers=cfg.runtime.num_workers), rt)
-    metrics = {"split": cfg.data.split, **classification_metrics(targets, probs, classes)}
+    # skipped rows are not scored: the count says how much of the split the metrics cover
+    metrics = {"split": cfg.data.split, "skipped_rows": write_skipped(out_dir, skipped),
+               **classification_metrics(targets, probs, classes)}
     if rt.is_main:
         _write_predictions(out_dir / "predictions.csv", rows, probs, classes)
     return metrics

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, class_names, load_rows, preprocess_cache
+from medalign.data.datasets import ImageDataset, class_names, load_rows, preprocess_cache, write_skipped
 from medalign.data.manifest import fingerprint
 from medalign.data.transforms import Single, eval_view, train_view
 from medalign.metrics.classification import classification_metrics
@@ -27,8 +27,8 @@ class Classifier(nn.Module):
 
 def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
-    manifest, train_rows = load_rows(cfg.data.manifest, cfg.data.train_split)
-    _, val_rows = load_rows(cfg.data.manifest, cfg.data.val_split)
+    manifest, train_rows, skipped = load_rows(cfg.data.manifest, cfg.data.train_split, cfg.data.on_error)
+    _, val_rows, skipped_val = load_rows(cfg.data.manifest, cfg.data.val_split, cfg.data.on_error)
     classes = class_names(manifest, train_rows)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     size, chans = cfg.backbone.img_size, arch["in_chans"]
@@ -62,6 +62,6 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
             adapter=cfg.adapter.model_dump(), data_fingerprint=fingerprint(cfg.data.manifest),
             config_hash=config.digest(config.semantic(cfg)))
         checkpoint.save(out_dir / "model", adapters.merged(model).state_dict(), meta)
-    return {"classes": classes, "best_epoch": best["epoch"], "val": best["metrics"],
-            "trainable_params": trainable, "total_params": total,
+    return {"classes": classes, "skipped_rows": write_skipped(out_dir, skipped + skipped_val),
+            "best_epoch": best["epoch"], "val": best["metrics"], "trainable_params": trainable, "total_params": total,
             "trainable_fraction": trainable / total, "model": "model"}

@@ -5,14 +5,14 @@ from functools import partial
 from pathlib import Path
 
 from medalign import config, engine, ssl
-from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache
+from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache, write_skipped
 from medalign.data.manifest import fingerprint
 from medalign.models import backbones, checkpoint
 
 
 def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
-    manifest, rows = load_rows(cfg.data.manifest, cfg.data.splits)
+    manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.splits, cfg.data.on_error)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
     cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache)
@@ -25,7 +25,7 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
             data_fingerprint=fingerprint(cfg.data.manifest), config_hash=config.digest(config.semantic(cfg)))
         checkpoint.save(out_dir / "checkpoint", objective.backbone().state_dict(), meta)
     last = history[-1]
-    return {"images": len(dataset), "epochs": cfg.optim.epochs, "final_loss": last["loss"],
+    return {"images": len(dataset), "skipped_rows": write_skipped(out_dir, skipped), "epochs": cfg.optim.epochs, "final_loss": last["loss"],
             "embedding_std": last["embedding_std"], "seconds": last["elapsed_s"],
             "img_per_s": len(dataset) * cfg.optim.epochs / last["elapsed_s"], "checkpoint": "checkpoint"}
 

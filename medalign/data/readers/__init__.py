@@ -141,7 +141,14 @@ def read_header(path: str | Path) -> dict[str, str | int]:
 
 
 def verify_images(paths: list[Path], indices: list[int | None] | None = None) -> None:
-    """Checks every image before training starts and names every unreadable one, all at once.
+    """Checks every image before training starts and names every unreadable one, all at once."""
+    bad = unreadable(paths, indices)
+    if bad:
+        raise DataError(f"{len(bad)} unreadable image(s): " + "; ".join(f"{paths[i]} ({why})" for i, why in bad))
+
+
+def unreadable(paths: list[Path], indices: list[int | None] | None = None) -> list[tuple[int, str]]:
+    """(position, reason) of every path that will not read, without decoding pixels where avoidable.
 
     Cheap where the library allows: Pillow's `verify`, DICOM headers with the pixel data deferred
     (frame count, a decoder for the transfer syntax, and for uncompressed data that the file holds
@@ -149,7 +156,7 @@ def verify_images(paths: list[Path], indices: list[int | None] | None = None) ->
     headers. `indices[i]` is the index `read_image` will be called with for `paths[i]`.
     """
     if indices is not None and len(indices) != len(paths):
-        raise ValueError(f"verify_images: {len(paths)} paths but {len(indices)} indices")
+        raise ValueError(f"unreadable: {len(paths)} paths but {len(indices)} indices")
     bad = []
     for i, p in enumerate(paths):
         p = Path(p)
@@ -157,18 +164,14 @@ def verify_images(paths: list[Path], indices: list[int | None] | None = None) ->
             idx = _check_index(None if indices is None else indices[i])
             if not p.is_file():
                 raise _Bad("not found")
-            kind = _kind(p)
-            _FORMATS[kind].verify(p, idx)
-        except DataError as e:
-            bad.append(f"{p} ({e})")
-        except _Bad as e:
-            bad.append(f"{p} ({e})")
+            _FORMATS[_kind(p)].verify(p, idx)
+        except (DataError, _Bad) as e:
+            bad.append((i, str(e)))
         except MemoryError:
             raise
         except Exception as e:
-            bad.append(f"{p} ({_reason(e)})")
-    if bad:
-        raise DataError(f"{len(bad)} unreadable image(s): " + "; ".join(bad))
+            bad.append((i, _reason(e)))
+    return bad
 
 
 # ----------------------------------------------------------------------------------------------
