@@ -64,6 +64,10 @@ class Runtime(Section):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
 
 
+# the presets of medalign.data.readers.CT_WINDOWS (a test keeps the two in step)
+CTWindow = Literal["lung", "mediastinum", "bone", "brain"]
+WINDOW_HELP = ("CT window in HU for DICOM/NIfTI: lung, mediastinum, bone, brain or [centre, width]; "
+               "default: the file's own window (DICOM) or percentile scaling (NIfTI)")
 ON_ERROR_HELP = "a missing or unreadable image: fail (name them all) or skip (listed in skipped.csv)"
 CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($MEDALIGN_CACHE, "
               "default ~/.cache/medalign); later epochs and stages read it")
@@ -109,6 +113,7 @@ class PretrainData(Section):
     manifest: str = Field(..., description="manifest CSV; labels are ignored")
     splits: list[str] = Field(["unlabeled", "train"],
                               description="rows used; keep val/test out of pretraining")
+    window: CTWindow | tuple[float, float] | None = Field(None, description=WINDOW_HELP)
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
@@ -153,6 +158,7 @@ class FinetuneData(Section):
     manifest: str
     train_split: str = "train"
     val_split: str = "val"
+    window: CTWindow | tuple[float, float] | None = Field(None, description=WINDOW_HELP)
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(32, ge=1)

@@ -30,3 +30,32 @@ def test_pretrain_on_dicom_frames_and_nifti_slices(tmp_path, capsys):
         cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.splits=[unlabeled]",
                   "--out", str(tmp_path / "out2")])
     assert "index 'x' of anatomical.nii is not an integer" in capsys.readouterr().err
+
+
+def test_ct_window_reaches_the_reader_and_the_model_card(tmp_path, capsys, monkeypatch):
+    import json
+
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from medalign import config
+    from medalign.data import readers
+
+    from medalign.data.preprocess_cache import resize_hwc
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "cache"))
+    assert set(config.CTWindow.__args__) == set(readers.CT_WINDOWS)
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), tmp_path / "ct.dcm")
+    (tmp_path / "m.csv").write_text("path,split\n" + "ct.dcm,unlabeled\n" * 4)
+    out = tmp_path / "out"
+    cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.splits=[unlabeled]", "data.window=lung",
+              "data.cache=true", "backbone.name=test_resnet", "backbone.img_size=32", "method.name=simclr",
+              "data.batch_size=2", "optim.epochs=1", "--out", str(out)])
+    assert json.loads((out / "checkpoint" / "model.json").read_text())["window"] == "lung"
+    lung, own = readers.read_image(tmp_path / "ct.dcm", window="lung"), readers.read_image(tmp_path / "ct.dcm")
+    assert not np.allclose(lung, own)
+    cached = np.load(next((tmp_path / "cache" / "preprocess").glob("*.npy")))[0] / 65535.0
+    assert np.allclose(cached, resize_hwc(lung.transpose(1, 2, 0), 32), atol=1e-4)
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.window=liver"])
+    assert "data.window" in capsys.readouterr().err

@@ -28,8 +28,9 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
 
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.split, cfg.data.on_error)
     view = Single(eval_view(meta["img_size"], **meta["normalization"]))
-    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache)
-    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache)
+    window = meta.get("window")  # the intensity window the model was trained with, never another
+    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache, window)
+    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache, window)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,
                                                          num_workers=cfg.runtime.num_workers), rt)
     # skipped rows are not scored: the count says how much of the split the metrics cover

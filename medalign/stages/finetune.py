@@ -36,10 +36,11 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     model = adapters.apply(backbones.create(cfg.backbone, num_classes=len(classes)), cfg.adapter)
     trainable, total = adapters.count_parameters(model)
     augment = Single(train_view(size, cfg.augment, **norm)).reseed(cfg.seed + rt.rank)
+    window = cfg.data.window
     train = ImageDataset(manifest, train_rows, augment, chans, classes,
-                         preprocess_cache(manifest, train_rows, chans, size, cfg.data.cache))
+                         preprocess_cache(manifest, train_rows, chans, size, cfg.data.cache, window), window)
     val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm)), chans, classes,
-                       preprocess_cache(manifest, val_rows, chans, size, cfg.data.cache))
+                       preprocess_cache(manifest, val_rows, chans, size, cfg.data.cache, window), window)
     workers = cfg.runtime.num_workers
     train_data = engine.loader(train, cfg.data.batch_size, rt, train=True, num_workers=workers)
     val_data = engine.loader(val, cfg.data.batch_size, rt, train=False, num_workers=workers)
@@ -59,7 +60,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     if rt.is_main:
         meta = checkpoint.metadata(
             arch, size, norm, num_classes=len(classes), classes=classes,
-            adapter=cfg.adapter.model_dump(), data_fingerprint=fingerprint(cfg.data.manifest),
+            adapter=cfg.adapter.model_dump(), window=window, data_fingerprint=fingerprint(cfg.data.manifest),
             config_hash=config.digest(config.semantic(cfg)))
         checkpoint.save(out_dir / "model", adapters.merged(model).state_dict(), meta)
     return {"classes": classes, "skipped_rows": write_skipped(out_dir, skipped + skipped_val),
