@@ -143,3 +143,18 @@ def test_on_error_skip_lists_bad_rows_and_counts_them(capsys, demo_set, tmp_path
     assert "img_00009.png" in skipped[1] + skipped[2] and "img_00010.png" in skipped[1] + skipped[2]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_rows"] == 2 and metrics["images"] == 18
+
+
+def test_finetune_refuses_a_patient_in_two_labeled_splits(capsys, demo_set, tmp_path):
+    import csv
+
+    with demo_set.open() as f:
+        rows = list(csv.DictReader(f))
+    test_patient = next(r["patient_id"] for r in rows if r["split"] == "test")
+    next(r for r in rows if r["split"] == "train")["patient_id"] = test_patient
+    with demo_set.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    err = fails(capsys, "finetune", f"data.manifest={demo_set}", "--workdir", str(tmp_path))
+    assert "1 patient(s) in two labeled splits" in err and f"{test_patient} (test/train)" in err

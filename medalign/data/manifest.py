@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,25 @@ def frame_index(manifest: Manifest, row: dict[str, str]) -> int | None:
         return int(value)
     except ValueError:
         raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
+
+
+def patient_splits(manifest: Manifest) -> dict[str, Counter]:
+    """Rows per split of every patient (empty when there is no patient_id or split column)."""
+    splits_of: dict[str, Counter] = defaultdict(Counter)
+    if "patient_id" in manifest.columns and "split" in manifest.columns:
+        for r in manifest.rows:
+            if r["patient_id"] and r["split"]:
+                splits_of[r["patient_id"]][r["split"]] += 1
+    return splits_of
+
+
+def check_no_leak(manifest: Manifest) -> None:
+    """Refuses a patient in two labeled splits: its test score would measure memory, not skill."""
+    leaks = {p: sorted(s) for p, s in patient_splits(manifest).items() if len(set(s) - {"unlabeled"}) > 1}
+    if leaks:
+        shown = ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(leaks.items())[:10])
+        raise DataError(f"manifest {manifest.path}: {len(leaks)} patient(s) in two labeled splits, e.g. {shown}; "
+                        "re-split with `medalign manifest split`")
 
 
 def check_files(manifest: Manifest, rows: list[dict[str, str]]) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medalign.data.manifest import Manifest, read_manifest
+from medalign.data.manifest import Manifest, patient_splits, read_manifest
 from medalign.errors import DataError
 
 LABELED = ("train", "val", "test")
@@ -182,10 +182,7 @@ def _check_splits_and_labels(m: Manifest, report: Report) -> None:
 def _check_patients(m: Manifest, report: Report) -> None:
     if "patient_id" not in m.columns or "split" not in m.columns:
         return
-    splits_of: dict[str, Counter] = defaultdict(Counter)
-    for r in m.rows:
-        if r["patient_id"] and r["split"]:
-            splits_of[r["patient_id"]][r["split"]] += 1
+    splits_of = patient_splits(m)
     report.stats["patients"] = len(splits_of)
     for pid, splits in splits_of.items():
         kind = _leak(set(splits))

@@ -9,7 +9,7 @@ from torch import nn
 
 from medalign import config, engine
 from medalign.data.datasets import ImageDataset, class_names, load_rows, preprocess_cache, write_skipped
-from medalign.data.manifest import fingerprint
+from medalign.data.manifest import check_no_leak, fingerprint
 from medalign.data.transforms import Single, eval_view, train_view
 from medalign.metrics.classification import classification_metrics
 from medalign.models import adapters, backbones, checkpoint
@@ -29,6 +29,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
     manifest, train_rows, skipped = load_rows(cfg.data.manifest, cfg.data.train_split, cfg.data.on_error)
     _, val_rows, skipped_val = load_rows(cfg.data.manifest, cfg.data.val_split, cfg.data.on_error)
+    check_no_leak(manifest)
     classes = class_names(manifest, train_rows)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     size, chans = cfg.backbone.img_size, arch["in_chans"]
