@@ -66,8 +66,17 @@ class Runtime(Section):
 
 # the presets of medalign.data.readers.CT_WINDOWS (a test keeps the two in step)
 CTWindow = Literal["lung", "mediastinum", "bone", "brain"]
-WINDOW_HELP = ("CT window in HU for DICOM/NIfTI: lung, mediastinum, bone, brain or [centre, width]; "
-               "default: the file's own window (DICOM) or percentile scaling (NIfTI)")
+
+
+class Intensity(Section):
+    """How pixel values become [0, 1] before augmentation, per modality; saved with the model."""
+    window: CTWindow | tuple[float, float] | None = Field(
+        None, description="CT window in HU (lung, mediastinum, bone, brain or [centre, width]); default: the "
+                          "DICOM's own window, NIfTI's percentile scaling")
+    percentiles: tuple[float, float] | None = Field(
+        None, description="clip each image to these percentiles, then [0, 1] (MR, X-ray), e.g. [0.5, 99.5]")
+    zscore: bool = Field(False, description="standardise each image (mean 0, std 1) instead of the backbone's mean/std")
+
 ON_ERROR_HELP = "a missing or unreadable image: fail (name them all) or skip (listed in skipped.csv)"
 CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($MEDALIGN_CACHE, "
               "default ~/.cache/medalign); later epochs and stages read it")
@@ -113,7 +122,7 @@ class PretrainData(Section):
     manifest: str = Field(..., description="manifest CSV; labels are ignored")
     splits: list[str] = Field(["unlabeled", "train"],
                               description="rows used; keep val/test out of pretraining")
-    window: CTWindow | tuple[float, float] | None = Field(None, description=WINDOW_HELP)
+    intensity: Intensity = Intensity()
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
@@ -158,7 +167,7 @@ class FinetuneData(Section):
     manifest: str
     train_split: str = "train"
     val_split: str = "val"
-    window: CTWindow | tuple[float, float] | None = Field(None, description=WINDOW_HELP)
+    intensity: Intensity = Intensity()
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(32, ge=1)

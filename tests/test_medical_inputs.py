@@ -48,14 +48,46 @@ def test_ct_window_reaches_the_reader_and_the_model_card(tmp_path, capsys, monke
     shutil.copy(get_testdata_file("CT_small.dcm", download=False), tmp_path / "ct.dcm")
     (tmp_path / "m.csv").write_text("path,split\n" + "ct.dcm,unlabeled\n" * 4)
     out = tmp_path / "out"
-    cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.splits=[unlabeled]", "data.window=lung",
+    cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.splits=[unlabeled]", "data.intensity.window=lung",
               "data.cache=true", "backbone.name=test_resnet", "backbone.img_size=32", "method.name=simclr",
               "data.batch_size=2", "optim.epochs=1", "--out", str(out)])
-    assert json.loads((out / "checkpoint" / "model.json").read_text())["window"] == "lung"
+    assert json.loads((out / "checkpoint" / "model.json").read_text())["intensity"]["window"] == "lung"
     lung, own = readers.read_image(tmp_path / "ct.dcm", window="lung"), readers.read_image(tmp_path / "ct.dcm")
     assert not np.allclose(lung, own)
     cached = np.load(next((tmp_path / "cache" / "preprocess").glob("*.npy")))[0] / 65535.0
     assert np.allclose(cached, resize_hwc(lung.transpose(1, 2, 0), 32), atol=1e-4)
     with pytest.raises(SystemExit):
-        cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.window=liver"])
-    assert "data.window" in capsys.readouterr().err
+        cli.main(["pretrain", f"data.manifest={tmp_path / 'm.csv'}", "data.intensity.window=liver"])
+    assert "data.intensity.window" in capsys.readouterr().err
+
+
+def test_percentile_clipping_and_per_image_zscore(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medalign.data import readers
+    from medalign.data.transforms import eval_view
+
+    a = np.tile(np.arange(100, dtype=np.uint8), (10, 1))
+    a[0, 0] = 255  # one hot pixel that min-max scaling would let dominate
+    Image.fromarray(a).save(tmp_path / "x.png")
+    x = readers.read_image(tmp_path / "x.png", percentiles=(1, 99))[0]
+    lo, hi = np.percentile(a / 255.0, (1, 99))
+    assert np.allclose(x, np.clip((a / 255.0 - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert x.max() == 1.0 and (x == 1.0).sum() > 1
+
+    z = eval_view(10, mean=(0.5,), std=(0.25,), zscore=True)(image=x[..., None])["image"]
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std(unbiased=False)) - 1) < 1e-3
+
+
+def test_finetune_records_intensity_and_evaluate_reuses_it(demo_set, tmp_path, capsys):
+    import json
+
+    base = [f"data.manifest={demo_set}", "backbone.name=test_resnet", "backbone.img_size=32", "adapter.name=linear",
+            "optim.epochs=1"]
+    cli.main(["finetune", *base, "data.intensity.percentiles=[1,99]", "data.intensity.zscore=true",
+              "--out", str(tmp_path / "ft")])
+    meta = json.loads((tmp_path / "ft" / "model" / "model.json").read_text())
+    assert meta["intensity"] == {"window": None, "percentiles": [1.0, 99.0], "zscore": True}
+    cli.main(["evaluate", f"model={tmp_path / 'ft'}", f"data.manifest={demo_set}", "--out", str(tmp_path / "ev")])
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 6

@@ -68,12 +68,12 @@ def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
 
 
 def preprocess_cache(manifest: Manifest, rows: list[dict], channels: int, size: int,
-                     enabled: bool, window=None) -> PreprocessCache | None:
+                     enabled: bool, window=None, percentiles=None) -> PreprocessCache | None:
     """The filled cache for these rows, or None; its folder is $MEDALIGN_CACHE or ~/.cache/medalign."""
     if not enabled:
         return None
     root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
-    cache = PreprocessCache(root, manifest, rows, channels, size, window)
+    cache = PreprocessCache(root, manifest, rows, channels, size, window, percentiles)
     cache.fill(progress=True)
     return cache
 
@@ -85,9 +85,10 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, manifest: Manifest, rows: list[dict], transform: Callable, channels: int,
-                 classes: list[str] | None = None, cache: PreprocessCache | None = None, window=None):
+                 classes: list[str] | None = None, cache: PreprocessCache | None = None,
+                 window=None, percentiles=None):
         self.manifest, self.rows, self.transform, self.channels = manifest, rows, transform, channels
-        self.cache, self.window = cache, window
+        self.cache, self.window, self.percentiles = cache, window, percentiles
         self.targets = [-1] * len(rows)
         if classes is not None:
             unknown = sorted({r["label"] for r in rows} - set(classes))
@@ -105,5 +106,5 @@ class ImageDataset(Dataset):
         else:
             row = self.rows[i]
             image = read_image(self.manifest.image_path(row), self.channels,
-                               frame_index(self.manifest, row), self.window).transpose(1, 2, 0)
+                               frame_index(self.manifest, row), self.window, self.percentiles).transpose(1, 2, 0)
         return self.transform(image), torch.tensor(self.targets[i])

@@ -53,7 +53,7 @@ class PreprocessCache:
     """Decoded, normalised, resized images in one memory-mapped array on disk."""
 
     def __init__(self, root: Path, manifest: Manifest, rows: list[dict], channels: int, size: int,
-                 window=None):
+                 window=None, percentiles=None):
         if not rows:
             raise ValueError("PreprocessCache: no rows")
         if int(size) < 1 or int(channels) < 1:
@@ -61,6 +61,7 @@ class PreprocessCache:
         self.root = Path(root)
         self.manifest, self.rows = manifest, list(rows)
         self.channels, self.size, self.window = int(channels), int(size), window
+        self.percentiles = list(percentiles) if percentiles is not None else None
         self._entries = [(r["path"], frame_index(manifest, r)) for r in self.rows]
         self.key = digest({
             "version": FORMAT_VERSION,
@@ -69,6 +70,7 @@ class PreprocessCache:
             "channels": self.channels,
             "size": self.size,
             "window": list(window) if isinstance(window, (tuple, list)) else window,
+            "percentiles": self.percentiles,
         })
         self.shape = (len(self.rows), self.size, self.size, self.channels)
         self._mm: np.ndarray | None = None
@@ -129,7 +131,7 @@ class PreprocessCache:
         self._mm = None  # a memmap of an older file (if any) is not this one
 
     def _decode(self, path: Path, index: int | None) -> np.ndarray:
-        image = readers.read_image(path, self.channels, index, self.window)
+        image = readers.read_image(path, self.channels, index, self.window, self.percentiles)
         return resize_hwc(image.transpose(1, 2, 0), self.size)
 
     # ------------------------------------------------------------------------------------------

@@ -13,23 +13,26 @@ from torch.utils.data import get_worker_info
 from medalign.config import AugmentConfig
 
 
-def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
+def _finish(mean: tuple[float, ...], std: tuple[float, ...], zscore: bool) -> list:
+    if zscore:  # each image to mean 0, std 1 on its own (config: data.intensity.zscore)
+        return [A.Normalize(normalization="image"), ToTensorV2()]
     return [A.Normalize(mean=mean, std=std, max_pixel_value=1.0), ToTensorV2()]
 
 
-def train_view(size: int, aug: AugmentConfig, mean, std, scale: tuple[float, float] | None = None) -> A.Compose:
+def train_view(size: int, aug: AugmentConfig, mean, std, scale: tuple[float, float] | None = None,
+               zscore: bool = False) -> A.Compose:
     return A.Compose([
         A.RandomResizedCrop(size=(size, size), scale=scale or aug.crop_scale),
         A.HorizontalFlip(p=0.5 if aug.hflip else 0.0),
         A.RandomBrightnessContrast(aug.brightness_contrast, aug.brightness_contrast, p=0.8),
         A.GaussianBlur(sigma_limit=(0.1, 1.5), p=aug.blur_p),
         A.GaussNoise(std_range=(0.01, 0.05), p=aug.noise_p),
-        *_finish(mean, std),
+        *_finish(mean, std, zscore),
     ])
 
 
-def eval_view(size: int, mean, std) -> A.Compose:
-    return A.Compose([A.Resize(size, size), *_finish(mean, std)])
+def eval_view(size: int, mean, std, zscore: bool = False) -> A.Compose:
+    return A.Compose([A.Resize(size, size), *_finish(mean, std, zscore)])
 
 
 class MultiView:

@@ -60,8 +60,9 @@ class DINO(nn.Module):
 @register("dino")
 def build(method: DinoConfig, cfg: PretrainConfig, make_backbone, mean, std):
     size, local = cfg.backbone.img_size, max(cfg.backbone.img_size // 2, 16)
-    views = [train_view(size, cfg.augment, mean, std)] * 2
-    views += [train_view(local, cfg.augment, mean, std, scale=method.local_crop_scale)] * method.n_local_crops
+    z = cfg.data.intensity.zscore
+    views = [train_view(size, cfg.augment, mean, std, zscore=z)] * 2
+    views += [train_view(local, cfg.augment, mean, std, scale=method.local_crop_scale, zscore=z)] * method.n_local_crops
     # ViTs see 2 global and several smaller local crops: let timm interpolate position embeddings
     def backbone():
         return make_backbone(dynamic_img_size=True) if _is_vit(cfg.backbone.name) else make_backbone()

@@ -34,5 +34,5 @@ class SimCLR(nn.Module):
 
 @register("simclr")
 def build(method: SimCLRConfig, cfg: PretrainConfig, make_backbone, mean, std):
-    view = train_view(cfg.backbone.img_size, cfg.augment, mean, std)
+    view = train_view(cfg.backbone.img_size, cfg.augment, mean, std, zscore=cfg.data.intensity.zscore)
     return SimCLR(method, make_backbone), MultiView([view, view])

@@ -27,10 +27,12 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
     model.to(rt.device)
 
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.split, cfg.data.on_error)
-    view = Single(eval_view(meta["img_size"], **meta["normalization"]))
-    window = meta.get("window")  # the intensity window the model was trained with, never another
-    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache, window)
-    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache, window)
+    # the intensity handling the model was trained with, never another
+    intensity = meta.get("intensity") or {}
+    pixels = {"window": intensity.get("window"), "percentiles": intensity.get("percentiles")}
+    view = Single(eval_view(meta["img_size"], **meta["normalization"], zscore=intensity.get("zscore", False)))
+    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache, **pixels)
+    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache, **pixels)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,
                                                          num_workers=cfg.runtime.num_workers), rt)
     # skipped rows are not scored: the count says how much of the split the metrics cover

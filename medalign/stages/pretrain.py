@@ -15,15 +15,15 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.splits, cfg.data.on_error)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
-    window = cfg.data.window
-    cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache, window)
-    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"], cache=cache,
-                           window=window)
+    pixels = {"window": cfg.data.intensity.window, "percentiles": cfg.data.intensity.percentiles}
+    cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache, **pixels)
+    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"], cache=cache, **pixels)
     data = engine.loader(dataset, cfg.data.batch_size, rt, train=True, num_workers=cfg.runtime.num_workers)
     history = engine.fit(objective, data, cfg.optim, rt, out_dir / "log.jsonl", desc="pretrain")
     if rt.is_main:
         meta = checkpoint.metadata(
-            arch, cfg.backbone.img_size, norm, num_classes=0, ssl_method=cfg.method.name, window=window,
+            arch, cfg.backbone.img_size, norm, num_classes=0, ssl_method=cfg.method.name,
+            intensity=cfg.data.intensity.model_dump(mode="json"),
             data_fingerprint=fingerprint(cfg.data.manifest), config_hash=config.digest(config.semantic(cfg)))
         checkpoint.save(out_dir / "checkpoint", objective.backbone().state_dict(), meta)
     last = history[-1]

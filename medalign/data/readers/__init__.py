@@ -80,6 +80,7 @@ def read_image(
     channels: int = 1,
     index: int | None = None,
     window: str | tuple[float, float] | None = None,
+    percentiles: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Decodes an image to float32 (channels, H, W) in [0, 1].
 
@@ -87,7 +88,8 @@ def read_image(
     npz row (default 0), TIFF/GIF page (default 0). `window`: a `CT_WINDOWS` preset name or a
     (centre, width) tuple in the units after the Modality LUT (HU for CT); it replaces the file's
     own VOI for grayscale DICOM and the percentile scaling for NIfTI. Images that are already
-    display values (PNG/JPEG/npz, colour DICOM) ignore it.
+    display values (PNG/JPEG/npz, colour DICOM) ignore it. `percentiles` (low, high): clip the
+    decoded image to its own percentiles and rescale to [0, 1], the usual MR and X-ray recipe.
     """
     path = Path(path)
     win = _resolve_window(window)
@@ -103,7 +105,11 @@ def read_image(
         raise
     except Exception as e:  # the libraries raise many types for corrupt files; none may leak a traceback
         raise DataError(f"cannot read {_KIND_NAMES[kind]} {path}: {_reason(e)}") from None
-    return _to_channels(np.asarray(array, dtype=np.float32), channels, path)
+    array = np.asarray(array, dtype=np.float32)
+    if percentiles is not None:
+        lo, hi = np.percentile(array, percentiles)
+        array = np.clip((array - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(array)
+    return _to_channels(array, channels, path)
 
 
 def read_header(path: str | Path) -> dict[str, str | int]:
