@@ -22,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
+from medalign.data.readers import has_dicm_magic
 from medalign.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
@@ -126,7 +127,7 @@ def from_dicom_tree(root: str | Path, out_csv: str | Path) -> dict:
     tags = list(DICOM_COLUMNS.values()) + ["Rows", "Columns", "NumberOfFrames"]
     for f in _walk_files(root, root, skipped, out_csv):
         suffix = f.suffix.lower()
-        magic = _has_dicm_magic(f) if suffix not in NOT_DICOM else False
+        magic = has_dicm_magic(f) if suffix not in NOT_DICOM else False
         if not magic and suffix not in DICOM_SUFFIXES:
             skipped.append(_skip(f, root, "not a DICOM file"))
             continue
@@ -172,15 +173,6 @@ def _dicom_str(value) -> str:
     if value is None:
         return ""
     return " ".join(str(value).split())  # one line, even for multi-valued or padded attributes
-
-
-def _has_dicm_magic(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,7 +648,7 @@ def _image_reason(f: Path) -> str | None:
         return None
     if _is_nifti(f):
         return "NIfTI volume: build its slices with from_nifti"
-    if suffix not in NOT_DICOM and _has_dicm_magic(f):
+    if suffix not in NOT_DICOM and has_dicm_magic(f):
         return None
     return f"not an image ({suffix or 'no suffix'})"
 

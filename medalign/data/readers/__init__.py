@@ -195,10 +195,11 @@ def _kind(path: Path) -> str:
         return "dicom"
     if suffix in _PILLOW_SUFFIXES:
         return "pillow"
-    return "dicom" if _has_dicm_magic(path) else "pillow"
+    return "dicom" if has_dicm_magic(path) else "pillow"
 
 
-def _has_dicm_magic(path: Path) -> bool:
+def has_dicm_magic(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' at byte 128, whatever their name (PACS exports often have none)."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
