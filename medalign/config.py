@@ -77,6 +77,10 @@ class Intensity(Section):
         None, description="clip each image to these percentiles, then [0, 1] (MR, X-ray), e.g. [0.5, 99.5]")
     zscore: bool = Field(False, description="standardise each image (mean 0, std 1) instead of the backbone's mean/std")
 
+    def reader_args(self) -> dict:
+        """What `read_image` and the preprocessing cache take; zscore acts later, in the transform."""
+        return {"window": self.window, "percentiles": self.percentiles}
+
 ON_ERROR_HELP = "a missing or unreadable image: fail (name them all) or skip (listed in skipped.csv)"
 CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($MEDALIGN_CACHE, "
               "default ~/.cache/medalign); later epochs and stages read it")

@@ -28,9 +28,9 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
 
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.split, cfg.data.on_error)
     # the intensity handling the model was trained with, never another
-    intensity = meta.get("intensity") or {}
-    pixels = {"window": intensity.get("window"), "percentiles": intensity.get("percentiles")}
-    view = Single(eval_view(meta["img_size"], **meta["normalization"], zscore=intensity.get("zscore", False)))
+    intensity = config.Intensity(**meta.get("intensity", {}))
+    pixels = intensity.reader_args()
+    view = Single(eval_view(meta["img_size"], **meta["normalization"], zscore=intensity.zscore))
     cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache, **pixels)
     dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache, **pixels)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,

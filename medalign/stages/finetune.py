@@ -38,7 +38,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     trainable, total = adapters.count_parameters(model)
     z = cfg.data.intensity.zscore
     augment = Single(train_view(size, cfg.augment, **norm, zscore=z)).reseed(cfg.seed + rt.rank)
-    pixels = {"window": cfg.data.intensity.window, "percentiles": cfg.data.intensity.percentiles}
+    pixels = cfg.data.intensity.reader_args()
     train = ImageDataset(manifest, train_rows, augment, chans, classes,
                          preprocess_cache(manifest, train_rows, chans, size, cfg.data.cache, **pixels), **pixels)
     val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm, zscore=z)), chans, classes,
@@ -62,7 +62,8 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     if rt.is_main:
         meta = checkpoint.metadata(
             arch, size, norm, num_classes=len(classes), classes=classes,
-            adapter=cfg.adapter.model_dump(), intensity=cfg.data.intensity.model_dump(mode="json"), data_fingerprint=fingerprint(cfg.data.manifest),
+            adapter=cfg.adapter.model_dump(), intensity=cfg.data.intensity.model_dump(mode="json"),
+            data_fingerprint=fingerprint(cfg.data.manifest),
             config_hash=config.digest(config.semantic(cfg)))
         checkpoint.save(out_dir / "model", adapters.merged(model).state_dict(), meta)
     return {"classes": classes, "skipped_rows": write_skipped(out_dir, skipped + skipped_val),

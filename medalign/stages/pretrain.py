@@ -15,7 +15,7 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.splits, cfg.data.on_error)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
-    pixels = {"window": cfg.data.intensity.window, "percentiles": cfg.data.intensity.percentiles}
+    pixels = cfg.data.intensity.reader_args()
     cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache, **pixels)
     dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"], cache=cache, **pixels)
     data = engine.loader(dataset, cfg.data.batch_size, rt, train=True, num_workers=cfg.runtime.num_workers)
