@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="override the pipeline's workdir")
     p.set_defaults(func=_run_pipeline)
 
-    p = sub.add_parser("manifest", help="build manifests from folders, DICOM, NIfTI, npz; join labels; validate")
+    p = sub.add_parser("manifest", help="build manifests (folders, DICOM, NIfTI, npz), join labels, split, validate")
     actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     b = actions.add_parser("build", help="write a manifest CSV from images you have")
     b.add_argument("kind", choices=("folder", "flat", "dicom", "nifti", "npz"),

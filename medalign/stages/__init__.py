@@ -30,7 +30,7 @@ STAGES = {s.name: s for s in (
     Stage("pretrain", config.PretrainConfig, "medalign.stages.pretrain:run",
           "continue self-supervised pretraining (DINO, SimCLR) on unlabeled images"),
     Stage("finetune", config.FinetuneConfig, "medalign.stages.finetune:run",
-          "fine-tune with an adapter (linear probe, LoRA) on the labeled images"),
+          "fine-tune on the labeled images: linear probe, LoRA, or all weights"),
     Stage("evaluate", config.EvaluateConfig, "medalign.stages.evaluate:run",
           "score a fine-tuned model on a held-out split"),
 )}
