@@ -212,7 +212,7 @@ def _show(name: str, metrics: dict) -> None:
     cm = metrics.get("confusion_matrix")
     if cm:
         width = max(len(c) for c in cm["classes"]) + 2
-        print(f"  confusion matrix (rows true, columns predicted)")
+        print("  confusion matrix (rows true, columns predicted)")
         print(" " * (width + 2) + "".join(f"{c:>{width}}" for c in cm["classes"]))
         for c, row in zip(cm["classes"], cm["rows_true_cols_pred"]):
             print(f"  {c:<{width}}" + "".join(f"{n:>{width}}" for n in row))

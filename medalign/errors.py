@@ -17,3 +17,14 @@ class DataError(MedalignError):
 
 class CheckpointError(MedalignError):
     """A weights file that does not fit the model it is loaded into."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line: pydicom, for one, spreads its plugin list over many."""
+    if type(e).__name__ == "UnidentifiedImageError":  # Pillow's, named without importing Pillow here
+        return "not an image file Pillow can identify"
+    text = ""
+    for line in (line.strip() for line in str(e).splitlines()):
+        if line:
+            text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return text or type(e).__name__

@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from medalign.data.readers import has_dicm_magic
-from medalign.errors import DataError
+from medalign.errors import DataError, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -141,7 +141,7 @@ def from_dicom_tree(root: str | Path, out_csv: str | Path) -> dict:
                 frames = _n_frames(ds.get("NumberOfFrames"))
                 meta = {col: _dicom_str(ds.get(kw)) for col, kw in DICOM_COLUMNS.items()}
         except Exception as e:  # noqa: BLE001 - any parse failure is a skipped file, never a crash
-            skipped.append(_skip(f, root, f"unreadable DICOM: {_reason(e)}"))
+            skipped.append(_skip(f, root, f"unreadable DICOM: {one_line(e)}"))
             continue
         path = _rel(f, out_csv)
         if frames > 1:
@@ -211,7 +211,7 @@ def from_nifti(paths_or_root: str | Path | Iterable[str | Path], out_csv: str | 
         try:
             n_empty, keep = _nifti_slices(nib, f, axis, skip_empty)
         except Exception as e:  # noqa: BLE001 - a broken volume is reported, the others still count
-            skipped.append({"path": where, "reason": f"unreadable NIfTI: {_reason(e)}"})
+            skipped.append({"path": where, "reason": f"unreadable NIfTI: {one_line(e)}"})
             continue
         if keep is None:
             skipped.append({"path": where, "reason": n_empty})
@@ -286,7 +286,7 @@ def from_npz(npz_path: str | Path, out_dir: str | Path) -> dict:
     try:
         data = np.load(npz_path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot read {npz_path}: {_reason(e)}") from None
+        raise DataError(f"cannot read {npz_path}: {one_line(e)}") from None
     with data:
         splits = [s for s in ("train", "val", "test") if f"{s}_images" in data.files]
         if not splits:
@@ -420,7 +420,7 @@ def join_csv(manifest_csv: str | Path, labels_csv: str | Path, out_csv: str | Pa
     rows = []
     for i, mrow in enumerate(manifest.rows):
         row = dict(mrow)
-        row["path"] = _rebase(mrow["path"], manifest.path, out_csv)
+        row["path"] = rebase(mrow["path"], manifest.path, out_csv)
         lrow = label_rows[match[i]] if i in match else None
         for c in columns:
             row[out_names[c]] = (lrow.get(c) or "").strip() if lrow else ""
@@ -493,7 +493,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def _rebase(path: str, old_manifest: Path, new_manifest: Path) -> str:
+def rebase(path: str, old_manifest: Path, new_manifest: Path) -> str:
     """A manifest path, made relative to a manifest written in another folder."""
     if os.path.isabs(path) or old_manifest.resolve().parent == new_manifest.resolve().parent:
         return path
@@ -641,7 +641,7 @@ def _image_reason(f: Path) -> str | None:
     try:
         size = f.stat().st_size
     except OSError as e:
-        return f"cannot stat: {_reason(e)}"
+        return f"cannot stat: {one_line(e)}"
     if size == 0:
         return "empty file (0 bytes)"
     if suffix in IMAGE_SUFFIXES:
@@ -673,7 +673,3 @@ def _require(module: str, what: str):
         return __import__(module)
     except ImportError:
         raise DataError(f"{what} needs {module}: pip install {module}") from None
-
-
-def _reason(e: Exception) -> str:
-    return (str(e).split("\n")[0] or type(e).__name__)[:200]

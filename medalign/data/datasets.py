@@ -67,28 +67,23 @@ def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
     return names
 
 
-def preprocess_cache(manifest: Manifest, rows: list[dict], channels: int, size: int,
-                     enabled: bool, window=None, percentiles=None) -> PreprocessCache | None:
-    """The filled cache for these rows, or None; its folder is $MEDALIGN_CACHE or ~/.cache/medalign."""
-    if not enabled:
-        return None
-    root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
-    cache = PreprocessCache(root, manifest, rows, channels, size, window, percentiles)
-    cache.fill(progress=True)
-    return cache
-
-
 class ImageDataset(Dataset):
     """Returns (transform(image), class index), index -1 where no classes are given.
 
-    With a preprocessing cache, images come decoded and resized from it instead of from their files.
+    `reader`: what read_image takes besides the path (window, percentiles). `cache_size`: decode
+    and resize every image once into the preprocessing cache ($MEDALIGN_CACHE, default
+    ~/.cache/medalign) and read from it, instead of decoding each file every epoch.
     """
 
     def __init__(self, manifest: Manifest, rows: list[dict], transform: Callable, channels: int,
-                 classes: list[str] | None = None, cache: PreprocessCache | None = None,
-                 window=None, percentiles=None):
+                 classes: list[str] | None = None, reader: dict | None = None, cache_size: int | None = None):
         self.manifest, self.rows, self.transform, self.channels = manifest, rows, transform, channels
-        self.cache, self.window, self.percentiles = cache, window, percentiles
+        self.reader = reader or {}
+        self.cache = None
+        if cache_size:
+            root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
+            self.cache = PreprocessCache(root, manifest, rows, channels, cache_size, **self.reader)
+            self.cache.fill(progress=True)
         self.targets = [-1] * len(rows)
         if classes is not None:
             unknown = sorted({r["label"] for r in rows} - set(classes))
@@ -105,6 +100,6 @@ class ImageDataset(Dataset):
             image = self.cache[i]
         else:
             row = self.rows[i]
-            image = read_image(self.manifest.image_path(row), self.channels,
-                               frame_index(self.manifest, row), self.window, self.percentiles).transpose(1, 2, 0)
+            image = read_image(self.manifest.image_path(row), self.channels, frame_index(self.manifest, row),
+                               **self.reader).transpose(1, 2, 0)
         return self.transform(image), torch.tensor(self.targets[i])

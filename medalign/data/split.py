@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medalign.data.build import _rebase, write_csv
+from medalign.data.build import rebase, write_csv
 from medalign.data.manifest import read_manifest
 from medalign.errors import DataError
 
@@ -72,7 +72,6 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
     has_group = group is not None and group in manifest.columns
     gkey = [f"{group}={r[group]}" if has_group and r[group] else f"\0row{i}" for i, r in enumerate(rows)]
     strat = [r[stratify] if stratify is not None else "" for r in rows]
-    what = f"'{stratify}'" if stratify is not None else "rows"
 
     # train/val/test over labeled rows
     needed = [s for s, f in zip(SPLITS, fr) if f > 0]
@@ -104,7 +103,7 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
         else:
             dropped += 1
             continue
-        r["path"] = _rebase(r["path"], manifest.path, out_csv)
+        r["path"] = rebase(r["path"], manifest.path, out_csv)
         r["_i"] = i
         out_rows.append(r)
         old_split.append(old)

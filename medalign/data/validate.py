@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from medalign.data.manifest import Manifest, patient_splits, read_manifest
-from medalign.errors import DataError
+from medalign.data.readers import has_dicm_magic
+from medalign.errors import DataError, one_line
 
 LABELED = ("train", "val", "test")
 KNOWN_SPLITS = (*LABELED, "unlabeled")
@@ -252,7 +253,7 @@ def _scan(full: Path, path: str, thumbnail: bool) -> _File:
                 else:
                     im.verify()
     except Exception as e:  # noqa: BLE001 - every unreadable file is reported, the rest still checked
-        f.error = _reason(e)
+        f.error = one_line(e)
     return f
 
 
@@ -274,10 +275,7 @@ def _check_dicom(f: _File, full: Path, data: bytes | None) -> None:
 
 
 def _dicm(full: Path, data: bytes | None) -> bool:
-    if data is not None:
-        return data[128:132] == b"DICM"
-    with full.open("rb") as fh:
-        return fh.read(132)[128:] == b"DICM"
+    return data[128:132] == b"DICM" if data is not None else has_dicm_magic(full)
 
 
 def _sha256_stream(path: Path) -> str:
@@ -460,10 +458,3 @@ _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 def _ranges(lines: list[int], n: int = 10) -> str:
     return ", ".join(map(str, lines[:n])) + (f" and {len(lines) - n} more" if len(lines) > n else "")
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image file Pillow can identify"
-    text = str(e).split("\n")[0] or type(e).__name__
-    return text[:200]

@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache, write_skipped
+from medalign.data.datasets import ImageDataset, load_rows, write_skipped
 from medalign.data.transforms import Single, eval_view
 from medalign.errors import CheckpointError
 from medalign.metrics.classification import classification_metrics
@@ -29,10 +29,9 @@ def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.split, cfg.data.on_error)
     # the intensity handling the model was trained with, never another
     intensity = config.Intensity(**meta.get("intensity", {}))
-    pixels = intensity.reader_args()
     view = Single(eval_view(meta["img_size"], **meta["normalization"], zscore=intensity.zscore))
-    cache = preprocess_cache(manifest, rows, arch["in_chans"], meta["img_size"], cfg.data.cache, **pixels)
-    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, cache, **pixels)
+    dataset = ImageDataset(manifest, rows, view, arch["in_chans"], classes, intensity.reader_args(),
+                           cache_size=meta["img_size"] if cfg.data.cache else None)
     probs, targets = engine.predict(model, engine.loader(dataset, cfg.data.batch_size, rt, train=False,
                                                          num_workers=cfg.runtime.num_workers), rt)
     # skipped rows are not scored: the count says how much of the split the metrics cover

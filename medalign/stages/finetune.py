@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, class_names, load_rows, preprocess_cache, write_skipped
+from medalign.data.datasets import ImageDataset, class_names, load_rows, write_skipped
 from medalign.data.manifest import check_no_leak, fingerprint
 from medalign.data.transforms import Single, eval_view, train_view
 from medalign.metrics.classification import classification_metrics
@@ -38,11 +37,9 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     trainable, total = adapters.count_parameters(model)
     z = cfg.data.intensity.zscore
     augment = Single(train_view(size, cfg.augment, **norm, zscore=z)).reseed(cfg.seed + rt.rank)
-    pixels = cfg.data.intensity.reader_args()
-    train = ImageDataset(manifest, train_rows, augment, chans, classes,
-                         preprocess_cache(manifest, train_rows, chans, size, cfg.data.cache, **pixels), **pixels)
-    val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm, zscore=z)), chans, classes,
-                       preprocess_cache(manifest, val_rows, chans, size, cfg.data.cache, **pixels), **pixels)
+    reader, cache_size = cfg.data.intensity.reader_args(), size if cfg.data.cache else None
+    train = ImageDataset(manifest, train_rows, augment, chans, classes, reader, cache_size)
+    val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm, zscore=z)), chans, classes, reader, cache_size)
     workers = cfg.runtime.num_workers
     train_data = engine.loader(train, cfg.data.batch_size, rt, train=True, num_workers=workers)
     val_data = engine.loader(val, cfg.data.batch_size, rt, train=False, num_workers=workers)

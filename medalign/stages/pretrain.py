@@ -5,7 +5,7 @@ from functools import partial
 from pathlib import Path
 
 from medalign import config, engine, ssl
-from medalign.data.datasets import ImageDataset, load_rows, preprocess_cache, write_skipped
+from medalign.data.datasets import ImageDataset, load_rows, write_skipped
 from medalign.data.manifest import fingerprint
 from medalign.models import backbones, checkpoint
 
@@ -15,9 +15,9 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     manifest, rows, skipped = load_rows(cfg.data.manifest, cfg.data.splits, cfg.data.on_error)
     arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
     objective, views = ssl.build(cfg.method, cfg, partial(backbones.create, cfg.backbone), norm["mean"], norm["std"])
-    pixels = cfg.data.intensity.reader_args()
-    cache = preprocess_cache(manifest, rows, arch["in_chans"], cfg.backbone.img_size, cfg.data.cache, **pixels)
-    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"], cache=cache, **pixels)
+    dataset = ImageDataset(manifest, rows, views.reseed(cfg.seed + rt.rank), arch["in_chans"],
+                           reader=cfg.data.intensity.reader_args(),
+                           cache_size=cfg.backbone.img_size if cfg.data.cache else None)
     data = engine.loader(dataset, cfg.data.batch_size, rt, train=True, num_workers=cfg.runtime.num_workers)
     history = engine.fit(objective, data, cfg.optim, rt, out_dir / "log.jsonl", desc="pretrain")
     if rt.is_main:

@@ -22,7 +22,7 @@ pydicom and nibabel are imported inside the functions that need them, so importi
 
 One module per format (`pillow`, `dicom`, `nifti`, `npz`), each with `read(path, index, window)` and
 `verify(path, index)`; `_scaling` holds the window and min-max scaling that several formats share,
-`_errors` the internal failure type `_Bad` and the one-line `_reason` for library exceptions.
+`_errors` the internal failure type `_Bad` (medalign.errors.one_line words library exceptions).
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from medalign.data.readers import dicom, nifti, npz, pillow
-from medalign.data.readers._errors import _Bad, _reason
+from medalign.data.readers._errors import _Bad
+from medalign.data.readers._scaling import percentile_scale
 from medalign.data.readers.dicom import _DICOM_SUFFIXES, _as_int, _dcmread
-from medalign.errors import DataError
+from medalign.errors import DataError, one_line
 
 # CT window presets in Hounsfield units: name -> (centre, width).
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -104,12 +105,10 @@ def read_image(
     except MemoryError:
         raise
     except Exception as e:  # the libraries raise many types for corrupt files; none may leak a traceback
-        raise DataError(f"cannot read {_KIND_NAMES[kind]} {path}: {_reason(e)}") from None
-    array = np.asarray(array, dtype=np.float32)
+        raise DataError(f"cannot read {_KIND_NAMES[kind]} {path}: {one_line(e)}") from None
     if percentiles is not None:
-        lo, hi = np.percentile(array, percentiles)
-        array = np.clip((array - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(array)
-    return _to_channels(array, channels, path)
+        array = percentile_scale(np.asarray(array, dtype=np.float64), tuple(percentiles))
+    return _to_channels(np.asarray(array, dtype=np.float32), channels, path)
 
 
 def read_header(path: str | Path) -> dict[str, str | int]:
@@ -143,7 +142,7 @@ def read_header(path: str | Path) -> dict[str, str | int]:
     except MemoryError:
         raise
     except Exception as e:
-        raise DataError(f"cannot read DICOM header {path}: {_reason(e)}") from None
+        raise DataError(f"cannot read DICOM header {path}: {one_line(e)}") from None
 
 
 def verify_images(paths: list[Path], indices: list[int | None] | None = None) -> None:
@@ -176,7 +175,7 @@ def unreadable(paths: list[Path], indices: list[int | None] | None = None) -> li
         except MemoryError:
             raise
         except Exception as e:
-            bad.append((i, _reason(e)))
+            bad.append((i, one_line(e)))
     return bad
 
 

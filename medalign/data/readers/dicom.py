@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medalign.data.readers._errors import _Bad, _reason
+from medalign.data.readers._errors import _Bad
 from medalign.data.readers._scaling import _apply_window, _minmax
+from medalign.errors import one_line
 
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
@@ -99,7 +100,7 @@ def _decode_frame(ds, k: int) -> np.ndarray:
                 hint = "; other decoders: " + " | ".join(missing)
         except Exception:
             pass
-        raise _Bad(f"cannot decode transfer syntax {ts.name} ({ts}): {_reason(e)}{hint}") from None
+        raise _Bad(f"cannot decode transfer syntax {ts.name} ({ts}): {one_line(e)}{hint}") from None
 
 
 def read(path: Path, index: int | None, window) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medalign.data.readers._errors import _Bad
-from medalign.data.readers._scaling import _apply_window
+from medalign.data.readers._scaling import _apply_window, percentile_scale
 
 
 def read(path: Path, index: int | None, window) -> np.ndarray:
@@ -15,24 +15,24 @@ def read(path: Path, index: int | None, window) -> np.ndarray:
 
     img = nib.load(path)
     shape = img.shape
-    if len(shape) < 2:
-        raise _Bad(f"not an image: shape {shape}")
-    if len(shape) == 2:
-        if index not in (None, 0):
-            raise _Bad(f"slice index {index} out of range: the volume has 1 slice")
-        k = 0
-    else:
-        k = _nifti_slice(shape, index)
+    k = _slice_index(shape, index)
     # proxy slicing: reads one slice (for 4D: of the first volume), not the whole file's data
     key = (slice(None), slice(None)) + ((k,) if len(shape) >= 3 else ()) + (0,) * max(len(shape) - 3, 0)
     sl = np.asarray(img.dataobj[key], dtype=np.float64)
     sl = _radiological_view(sl, img.affine)
     if window is not None:
         return _apply_window(sl, window)[None]
-    return _percentile_scale(sl)[None]
+    return percentile_scale(sl)[None]
 
 
-def _nifti_slice(shape, index: int | None) -> int:
+def _slice_index(shape, index: int | None) -> int:
+    """The slice along voxel axis 2 that `index` names; a 2D image is its own single slice."""
+    if len(shape) < 2:
+        raise _Bad(f"not an image: shape {shape}")
+    if len(shape) == 2:
+        if index not in (None, 0):
+            raise _Bad(f"slice index {index} out of range: the volume has 1 slice")
+        return 0
     n = int(shape[2])
     k = n // 2 if index is None else index  # default: the middle slice (slice 0 is often empty)
     if k >= n:
@@ -70,35 +70,12 @@ def _radiological_view(sl: np.ndarray, affine) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _percentile_scale(x: np.ndarray) -> np.ndarray:
-    """Clips to the slice's 0.5/99.5 percentiles, then [0, 1]; min-max when those coincide but the
-    slice is not constant (a few bright voxels on a flat background); a constant slice -> zeros."""
-    finite = np.isfinite(x)
-    if not finite.any():
-        return np.zeros(x.shape)
-    vals = x[finite]
-    lo, hi = (float(v) for v in np.percentile(vals, [0.5, 99.5]))
-    if hi <= lo:
-        lo, hi = float(vals.min()), float(vals.max())
-    if hi <= lo:
-        return np.zeros(x.shape)
-    out = np.clip((x - lo) / (hi - lo), 0, 1)
-    out[~finite] = 0.0
-    return out
-
-
 def verify(path: Path, index: int | None) -> None:
     import nibabel as nib
 
     img = nib.load(path)  # reads the header only
     shape = img.shape
-    if len(shape) < 2:
-        raise _Bad(f"not an image: shape {shape}")
-    if len(shape) == 2:
-        if index not in (None, 0):
-            raise _Bad(f"slice index {index} out of range: the volume has 1 slice")
-    else:
-        _nifti_slice(shape, index)
+    _slice_index(shape, index)
     if path.name.lower().endswith(".nii"):  # uncompressed: the file must hold all the voxels
         header = img.header
         need = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
