@@ -28,3 +28,15 @@ def one_line(e: BaseException) -> str:
         if line:
             text += line if not text else (" " if text.endswith(":") else "; ") + line
     return text or type(e).__name__
+
+
+class LockTimeout(MedalignError):
+    """Another run holds the lock on a step's output for longer than --lock-timeout."""
+
+    exit_code = 3
+
+
+class Preempted(MedalignError):
+    """SIGTERM or SIGUSR1 (SLURM before a time limit): resume state is written; rerun to continue."""
+
+    exit_code = 75  # EX_TEMPFAIL from sysexits.h: "try again later", what a requeue script checks for

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from medalign import cli
-from medalign.stages import STAGES
+from medalign.config import STAGES
 
 
 def medalign(*args, **kw):

@@ -12,7 +12,7 @@ from typing import Callable
 from medalign import config
 from medalign.pipeline import cache, store
 from medalign.pipeline.spec import Pipeline, Step, resolve
-from medalign.stages import STAGES, Stage
+from medalign.config import STAGES, Stage
 
 
 @dataclass

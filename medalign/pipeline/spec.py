@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medalign import config
 from medalign.errors import ConfigError
-from medalign.stages import STAGES
+from medalign.config import STAGES
 
 REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
 

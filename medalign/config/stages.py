@@ -1,0 +1,124 @@
+"""One config class per stage, filed in STAGES with the function that runs it.
+
+A stage's function lives in `medalign.stages.<name>` (dashes as underscores) as `run(cfg, out_dir)`;
+it is imported only when the stage runs, since stage modules import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+
+from medalign.config.adapters import ADAPTERS, LoraAdapter
+from medalign.config.loading import Section, tagged_union
+from medalign.config.sections import AugmentConfig, BackboneConfig, DataSection, OptimConfig, Runtime
+from medalign.config.ssl import METHODS, DinoConfig
+from medalign.registry import Registry
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: type[Section]
+    help: str
+
+    def run(self, cfg: Section, out_dir: Path) -> dict:
+        module = importlib.import_module(f"medalign.stages.{self.name.replace('-', '_')}")
+        return module.run(cfg, out_dir)
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def stage(name: str, help: str):
+    """Files the decorated config class as the config of stage `name`."""
+    def file(cls: type[Section]) -> type[Section]:
+        STAGES.register(name)(Stage(name, cls, help))
+        return cls
+    return file
+
+
+@stage("demo-data", "write the synthetic quickstart image set and its manifest")
+class DemoDataConfig(Section):
+    n_unlabeled: int = Field(600, ge=0)
+    n_train: int = Field(120, ge=0)
+    n_val: int = Field(60, ge=0)
+    n_test: int = Field(200, ge=0)
+    img_size: int = Field(64, ge=16)
+    lesion_fraction: float = Field(0.5, ge=0, le=1)
+    seed: int = 0
+
+
+SSLMethod = tagged_union(METHODS)
+Adapter = tagged_union(ADAPTERS)
+
+
+class PretrainData(DataSection):
+    splits: list[str] = Field(["unlabeled", "train"],
+                              description="rows used (labels are ignored); keep val/test out of pretraining")
+    strict: bool = Field(False, description="refuse val/test rows in splits (default: a warning)")
+
+
+@stage("pretrain", "continue self-supervised pretraining (DINO, SimCLR) on unlabeled images")
+class PretrainConfig(Section):
+    seed: int = 0
+    backbone: BackboneConfig = BackboneConfig()
+    method: SSLMethod = DinoConfig()
+    data: PretrainData
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    runtime: Runtime = Runtime()
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint}
+
+
+class FinetuneData(DataSection):
+    train_split: str = "train"
+    val_split: str = "val"
+    subset: str | None = Field(None, description="a 0/1 column of the manifest (e.g. fewshot_k10_s0 from "
+                               "`manifest split --few-shot`): train on the train rows where it is 1")
+    batch_size: int = Field(32, ge=1)
+
+
+class FinetuneAugment(AugmentConfig):
+    """Milder than pretraining: the labels must survive the augmentation."""
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    noise_p: float = Field(0.0, ge=0, le=1)
+
+
+class FinetuneOptim(OptimConfig):
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0)
+
+
+@stage("finetune", "fine-tune on the labeled images: linear probe, LoRA, or all weights")
+class FinetuneConfig(Section):
+    seed: int = 0
+    backbone: BackboneConfig = BackboneConfig()
+    adapter: Adapter = LoraAdapter()
+    data: FinetuneData
+    # subclasses, not instances with other values: `optim.epochs=3` alone must keep these defaults
+    augment: FinetuneAugment = FinetuneAugment()
+    optim: FinetuneOptim = FinetuneOptim()
+    runtime: Runtime = Runtime()
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint}
+
+
+class EvaluateData(DataSection):
+    split: str = "test"
+
+
+@stage("evaluate", "score a fine-tuned model on a held-out split")
+class EvaluateConfig(Section):
+    model: str = Field(..., description="a finetune output folder, or its model/ checkpoint folder")
+    data: EvaluateData
+    runtime: Runtime = Runtime()
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"model": self.model, "data.manifest": self.data.manifest}
