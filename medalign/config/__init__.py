@@ -10,7 +10,7 @@ from medalign.config.adapters import ADAPTERS, FullAdapter, LinearAdapter, LoraA
 from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, load,
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
-                                      OptimConfig, Runtime)
+                                      OptimConfig, Runtime, TrainingData)
 from medalign.config.ssl import METHODS, DinoConfig, SimCLRConfig
 from medalign.config.stages import (STAGES, DemoDataConfig, EvaluateConfig, FinetuneConfig, PretrainConfig,
                                     Stage)
@@ -19,6 +19,6 @@ __all__ = [
     "ADAPTERS", "METHODS", "STAGES", "AugmentConfig", "BackboneConfig", "CTWindow", "DataSection",
     "DemoDataConfig", "DinoConfig", "EvaluateConfig", "FinetuneConfig", "FullAdapter", "Intensity",
     "LinearAdapter", "LoraAdapter", "OptimConfig", "PretrainConfig", "Runtime", "Section", "SimCLRConfig",
-    "Stage", "apply_overrides", "cosmetic", "describe", "digest", "dump", "load", "read_yaml", "semantic",
+    "Stage", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump", "load", "read_yaml", "semantic",
     "validate",
 ]

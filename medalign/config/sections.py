@@ -76,7 +76,11 @@ CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($ME
 class DataSection(Section):
     """What every stage's data section holds besides its splits."""
     manifest: str = Field(..., description="manifest CSV")
-    intensity: Intensity = Intensity()
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
+
+
+class TrainingData(DataSection):
+    """Stages that train choose the intensity handling; evaluation reuses the model's own."""
+    intensity: Intensity = Intensity()

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from medalign.config.adapters import ADAPTERS, LoraAdapter
 from medalign.config.loading import Section, tagged_union
-from medalign.config.sections import AugmentConfig, BackboneConfig, DataSection, OptimConfig, Runtime
+from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, OptimConfig, Runtime,
+                                      TrainingData)
 from medalign.config.ssl import METHODS, DinoConfig
 from medalign.registry import Registry
 
@@ -55,7 +56,7 @@ SSLMethod = tagged_union(METHODS)
 Adapter = tagged_union(ADAPTERS)
 
 
-class PretrainData(DataSection):
+class PretrainData(TrainingData):
     splits: list[str] = Field(["unlabeled", "train"],
                               description="rows used (labels are ignored); keep val/test out of pretraining")
     strict: bool = Field(False, description="refuse val/test rows in splits (default: a warning)")
@@ -75,7 +76,7 @@ class PretrainConfig(Section):
         return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint}
 
 
-class FinetuneData(DataSection):
+class FinetuneData(TrainingData):
     train_split: str = "train"
     val_split: str = "val"
     subset: str | None = Field(None, description="a 0/1 column of the manifest (e.g. fewshot_k10_s0 from "

@@ -5,6 +5,8 @@ recipes, which has no meaning for a single channel.
 """
 from __future__ import annotations
 
+import json
+
 import albumentations as A
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -49,6 +51,27 @@ class MultiView:
         for i, v in enumerate(self.views):
             v.set_random_seed(seed + i)
         return self
+
+    def rng_state(self) -> str:
+        """Every generator of every transform, as JSON (resume files hold no numpy objects)."""
+        return json.dumps([[t.random_generator.bit_generator.state, t.py_random.getstate()]
+                           for t in self._seeded()])
+
+    def set_rng_state(self, state: str) -> None:
+        for t, (np_state, (version, internal, gauss)) in zip(self._seeded(), json.loads(state), strict=True):
+            t.random_generator.bit_generator.state = np_state
+            t.py_random.setstate((version, tuple(internal), gauss))
+
+    def _seeded(self) -> list:
+        found = []
+
+        def walk(t):
+            found.append(t)
+            for child in getattr(t, "transforms", []):
+                walk(child)
+        for v in self.views:
+            walk(v)
+        return found
 
 
 class Single(MultiView):

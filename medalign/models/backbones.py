@@ -1,13 +1,16 @@
 """Backbones come from timm; local weights are adapted the way timm adapts its own.
 
-A checkpoint's model.json decides the architecture (name, kwargs, in_chans), so a pretrain output
-loads without repeating its config. Input channels are folded (RGB weights -> 1 channel) and ViT
+`resolve` reads a backbone config once into a `Backbone`: a checkpoint's model.json decides the
+architecture (name, kwargs, in_chans) and normalisation, so a pretrain output loads without
+repeating its config. Input channels are folded (RGB weights -> 1 channel) and ViT
 position embeddings resampled to a new image size, as timm does for its pretrained weights.
 """
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -20,29 +23,75 @@ from medalign.models import checkpoint
 log = logging.getLogger(__name__)
 
 
-def architecture(cfg: BackboneConfig) -> dict:
-    """name, kwargs and in_chans: from the checkpoint's model.json when there is one."""
-    arch = {"name": cfg.name, "kwargs": dict(cfg.kwargs), "in_chans": cfg.in_chans}
-    if cfg.checkpoint:
-        _, meta = checkpoint.locate(cfg.checkpoint)
-        if meta:
-            arch = {k: meta["architecture"][k] for k in arch}
-    return arch
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone config resolved once: what to build, how to normalise, which weights to load."""
+    name: str
+    kwargs: dict
+    in_chans: int
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    weights: Path | None = None  # a local weights file
+    pretrained: bool = False  # timm's hub weights
+    meta: dict | None = None  # the weights' model.json
+
+    @property
+    def arch(self) -> dict:
+        return {"name": self.name, "kwargs": self.kwargs, "in_chans": self.in_chans}
+
+    @property
+    def normalization(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    def as_config(self, cfg: BackboneConfig) -> BackboneConfig:
+        """`cfg` with what was actually built, for the recorded config.yaml."""
+        return cfg.model_copy(update={"name": self.name, "kwargs": self.kwargs, "in_chans": self.in_chans})
+
+    def create(self, num_classes: int = 0, **extra) -> torch.nn.Module:
+        kwargs = {**self.kwargs, **extra, "in_chans": self.in_chans, "num_classes": num_classes}
+        if self.pretrained:
+            return _from_hub(self.name, self.img_size, kwargs)
+        model = _build(self.name, self.img_size, kwargs, pretrained=False)
+        if self.weights:
+            load_into(model, checkpoint.load_state_dict(self.weights), self.weights)
+        return model
+
+
+def resolve(cfg: BackboneConfig) -> Backbone:
+    """The checkpoint's model.json, when there is one, decides architecture and normalisation, so
+    every stage downstream builds and normalises as pretraining did."""
+    weights, meta = checkpoint.locate(cfg.checkpoint) if cfg.checkpoint else (None, None)
+    name, kwargs, in_chans = cfg.name, dict(cfg.kwargs), cfg.in_chans
+    if meta:
+        a = meta["architecture"]
+        if (a["name"], a["kwargs"], a["in_chans"]) != (name, kwargs, in_chans):
+            log.info("backbone: architecture from %s's model.json: %s %s in_chans=%d",
+                     cfg.checkpoint, a["name"], a["kwargs"], a["in_chans"])
+        name, kwargs, in_chans = a["name"], dict(a["kwargs"]), a["in_chans"]
+    norm = meta["normalization"] if meta and "normalization" in meta else _normalization(name, in_chans)
+    return Backbone(name, kwargs, in_chans, cfg.img_size, norm["mean"], norm["std"], weights,
+                    pretrained=cfg.pretrained and not cfg.checkpoint, meta=meta)
 
 
 def create(cfg: BackboneConfig, num_classes: int = 0, **extra) -> torch.nn.Module:
-    arch = architecture(cfg)
-    if arch["name"] != cfg.name or arch["kwargs"] != cfg.kwargs or arch["in_chans"] != cfg.in_chans:
-        log.info("backbone: architecture from %s's model.json: %s %s in_chans=%d",
-                 cfg.checkpoint, arch["name"], arch["kwargs"], arch["in_chans"])
-    kwargs = {**arch["kwargs"], **extra, "in_chans": arch["in_chans"], "num_classes": num_classes}
-    if cfg.pretrained and not cfg.checkpoint:
-        return _from_hub(arch["name"], cfg.img_size, kwargs)
-    model = _build(arch["name"], cfg.img_size, kwargs, pretrained=False)
-    if cfg.checkpoint:
-        weights, _ = checkpoint.locate(cfg.checkpoint)
-        load_into(model, checkpoint.load_state_dict(weights), weights)
-    return model
+    return resolve(cfg).create(num_classes, **extra)
+
+
+def load_classifier(path: str | Path) -> tuple[torch.nn.Module, Backbone]:
+    """A fine-tuned classifier exactly as saved: strict, since a classifier without its head is none."""
+    weights, meta = checkpoint.locate(path)
+    if not meta or not meta.get("classes"):
+        raise CheckpointError(f"{path} is not a fine-tuned classifier (no classes in its model.json)")
+    a = meta["architecture"]
+    bb = Backbone(a["name"], a["kwargs"], a["in_chans"], meta["img_size"], **meta["normalization"],
+                  weights=weights, meta=meta)
+    model = _build(bb.name, bb.img_size, {**bb.kwargs, "in_chans": bb.in_chans, "num_classes": len(meta["classes"])},
+                   pretrained=False)
+    state = checkpoint.load_state_dict(weights)
+    checkpoint.check_fit(model, state, weights)
+    model.load_state_dict(state)
+    return model, bb
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
@@ -78,22 +127,13 @@ def _under(key: str, modules: tuple[str, ...]) -> bool:
     return any(key == m or key.startswith(m + ".") for m in modules)
 
 
-def normalization(cfg: BackboneConfig) -> dict:
-    """The mean/std the weights were trained with (averaged over RGB for 1 channel).
-
-    A checkpoint's own model.json wins, so every stage downstream normalises as pretraining did.
-    """
-    if cfg.checkpoint:
-        _, meta = checkpoint.locate(cfg.checkpoint)
-        if meta and "normalization" in meta:
-            return meta["normalization"]
-    arch = architecture(cfg)
-    pcfg = timm.models.get_pretrained_cfg(arch["name"])
+def _normalization(name: str, in_chans: int) -> dict:
+    """The mean/std timm's weights for `name` were trained with, averaged over RGB for 1 channel."""
+    pcfg = timm.models.get_pretrained_cfg(name)
     mean = tuple(pcfg.mean) if pcfg else (0.5,) * 3
     std = tuple(pcfg.std) if pcfg else (0.5,) * 3
-    n = arch["in_chans"]
-    if n != len(mean):
-        mean, std = (sum(mean) / len(mean),) * n, (sum(std) / len(std),) * n
+    if in_chans != len(mean):
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 

@@ -6,6 +6,8 @@ paper's 65536 (small datasets collapse onto a few of them anyway).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
@@ -16,7 +18,9 @@ from torch import nn
 
 from medalign.config import DinoConfig, PretrainConfig
 from medalign.data.transforms import MultiView, train_view
-from medalign.ssl import register
+from medalign.errors import ConfigError
+from medalign.models.backbones import Backbone
+from medalign.ssl import BUILDERS
 
 
 class DINO(nn.Module):
@@ -27,7 +31,8 @@ class DINO(nn.Module):
         self.teacher = make_backbone()
         self.teacher.load_state_dict(self.student.state_dict())
         dim = self.student.num_features
-        self.student_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.student_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
+                                               freeze_last_layer=cfg.freeze_last_layer_epochs)
         # DINOProjectionHead uses weight norm parametrizations, which copy.deepcopy cannot copy:
         # build the teacher head fresh and load the student's state instead.
         self.teacher_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
@@ -48,7 +53,10 @@ class DINO(nn.Module):
         # std of l2-normalised features: about 1/sqrt(dim) when healthy, near 0 when collapsed
         return {"loss": loss, "embedding_std": std_of_l2_normalized(features[0].detach())}
 
-    def after_step(self, step: int, total: int) -> None:
+    def after_backward(self, epoch: int) -> None:
+        self.student_head.cancel_last_layer_gradients(epoch)
+
+    def after_optimizer_step(self, step: int, total: int) -> None:
         m = cosine_schedule(step, total, self.cfg.teacher_momentum, 1.0)
         update_momentum(self.student, self.teacher, m)
         update_momentum(self.student_head, self.teacher_head, m)
@@ -57,17 +65,31 @@ class DINO(nn.Module):
         return self.teacher  # the EMA teacher is the better network, as the paper reports
 
 
-@register("dino")
-def build(method: DinoConfig, cfg: PretrainConfig, make_backbone, mean, std):
-    size, local = cfg.backbone.img_size, max(cfg.backbone.img_size // 2, 16)
+@BUILDERS.register("dino")
+def build(method: DinoConfig, cfg: PretrainConfig, backbone: Backbone):
+    size, local = backbone.img_size, max(backbone.img_size // 2, 16)
     z = cfg.data.intensity.zscore
-    views = [train_view(size, cfg.augment, mean, std, zscore=z)] * 2
-    views += [train_view(local, cfg.augment, mean, std, scale=method.local_crop_scale, zscore=z)] * method.n_local_crops
-    # ViTs see 2 global and several smaller local crops: let timm interpolate position embeddings
-    def backbone():
-        return make_backbone(dynamic_img_size=True) if _is_vit(cfg.backbone.name) else make_backbone()
-    return DINO(method, backbone), MultiView(views)
+    views = [train_view(size, cfg.augment, backbone.mean, backbone.std, zscore=z)] * 2
+    views += [train_view(local, cfg.augment, backbone.mean, backbone.std, scale=method.local_crop_scale,
+                         zscore=z)] * method.n_local_crops
+    return DINO(method, _sized_for(backbone, [size, local] if method.n_local_crops else [size])), MultiView(views)
 
 
-def _is_vit(name: str) -> bool:
-    return "vit" in name or "deit" in name or "eva" in name
+def _sized_for(backbone: Backbone, sizes: list[int]):
+    """A factory of backbones that take every crop size: ask the model, not its name. ViT-likes
+    take timm's dynamic_img_size (position embeddings interpolated per input), CNNs any size."""
+    def make(bb: Backbone = backbone):
+        try:
+            return bb.create(dynamic_img_size=True)
+        except ConfigError:  # timm models without the option refuse it
+            return bb.create()
+
+    probe = make(dataclasses.replace(backbone, weights=None, pretrained=False)).eval()  # shape check only
+    for s in sizes:
+        try:
+            with torch.no_grad():
+                probe(torch.zeros(1, backbone.in_chans, s, s))
+        except (RuntimeError, AssertionError, ValueError) as e:
+            raise ConfigError(f"backbone {backbone.name} does not take {s} px inputs ({str(e).splitlines()[0][:120]}); "
+                              "set method.n_local_crops=0 or use a backbone that takes any size") from None
+    return make

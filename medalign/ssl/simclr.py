@@ -12,7 +12,8 @@ from torch import nn
 
 from medalign.config import PretrainConfig, SimCLRConfig
 from medalign.data.transforms import MultiView, train_view
-from medalign.ssl import register
+from medalign.models.backbones import Backbone
+from medalign.ssl import BUILDERS
 
 
 class SimCLR(nn.Module):
@@ -32,7 +33,7 @@ class SimCLR(nn.Module):
         return self.encoder
 
 
-@register("simclr")
-def build(method: SimCLRConfig, cfg: PretrainConfig, make_backbone, mean, std):
-    view = train_view(cfg.backbone.img_size, cfg.augment, mean, std, zscore=cfg.data.intensity.zscore)
-    return SimCLR(method, make_backbone), MultiView([view, view])
+@BUILDERS.register("simclr")
+def build(method: SimCLRConfig, cfg: PretrainConfig, backbone: Backbone):
+    view = train_view(backbone.img_size, cfg.augment, backbone.mean, backbone.std, zscore=cfg.data.intensity.zscore)
+    return SimCLR(method, backbone.create), MultiView([view, view])

@@ -2,67 +2,116 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from medalign import config, engine
-from medalign.data.datasets import ImageDataset, class_names, load_rows, write_skipped
-from medalign.data.manifest import check_no_leak, fingerprint
-from medalign.data.transforms import Single, eval_view, train_view
+from medalign.data.datasets import class_names, write_skipped
+from medalign.data.manifest import check_no_leak
 from medalign.metrics.classification import classification_metrics
 from medalign.models import adapters, backbones, checkpoint
+from medalign.models.backbones import head_names
+from medalign.stages import _common as common
 
 
 class Classifier(nn.Module):
-    def __init__(self, model: nn.Module):
+    """Cross-entropy on `model`; validates after every epoch and keeps the best epoch's state.
+
+    What the adapter froze stays in eval mode while the rest trains.
+    """
+
+    def __init__(self, model: nn.Module, validate: Callable[[nn.Module], dict]):
         super().__init__()
-        self.model = model
+        self.model, self.validate = model, validate
+        self.frozen = adapters.frozen_modules(model)  # a plain list: the modules are registered via model
+        self.best: dict = {}
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def forward(self, batch):
         x, y = batch
         return {"loss": F.cross_entropy(self.model(x), y)}
 
+    def on_epoch_end(self, epoch: int) -> dict:
+        m = self.validate(self.model)
+        score = m["auroc"] if m["auroc"] is not None else m["balanced_accuracy"]
+        if not self.best or score > self.best["score"]:
+            self.best = {"score": score, "epoch": epoch, "metrics": m, "state": adapters.trainable_state(self.model)}
+        return {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
+
+    def resume_state(self) -> dict:
+        return {"best": self.best}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.best = state["best"]
+
 
 def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
-    manifest, train_rows, skipped = load_rows(cfg.data.manifest, cfg.data.train_split, cfg.data.on_error)
-    _, val_rows, skipped_val = load_rows(cfg.data.manifest, cfg.data.val_split, cfg.data.on_error)
+    manifest, train_rows, skipped = common.rows(cfg.data, cfg.data.train_split, cfg.data.subset)
+    _, val_rows, skipped_val = common.rows(cfg.data, cfg.data.val_split)
     check_no_leak(manifest)
     classes = class_names(manifest, train_rows)
-    arch, norm = backbones.architecture(cfg.backbone), backbones.normalization(cfg.backbone)
-    size, chans = cfg.backbone.img_size, arch["in_chans"]
-
-    model = adapters.apply(backbones.create(cfg.backbone, num_classes=len(classes)), cfg.adapter)
+    bb = backbones.resolve(cfg.backbone)
+    common.record_built(out_dir, cfg, bb, rt)
+    model = adapters.apply(bb.create(num_classes=len(classes)), cfg.adapter)
     trainable, total = adapters.count_parameters(model)
-    z = cfg.data.intensity.zscore
-    augment = Single(train_view(size, cfg.augment, **norm, zscore=z)).reseed(cfg.seed + rt.rank)
-    reader, cache_size = cfg.data.intensity.reader_args(), size if cfg.data.cache else None
-    train = ImageDataset(manifest, train_rows, augment, chans, classes, reader, cache_size)
-    val = ImageDataset(manifest, val_rows, Single(eval_view(size, **norm, zscore=z)), chans, classes, reader, cache_size)
-    workers = cfg.runtime.num_workers
-    train_data = engine.loader(train, cfg.data.batch_size, rt, train=True, num_workers=workers)
-    val_data = engine.loader(val, cfg.data.batch_size, rt, train=False, num_workers=workers)
 
-    best: dict = {}
+    def data(rows: list[dict], transform):
+        return common.dataset(manifest, rows, cfg.data, cfg.data.intensity, transform, bb, classes)
 
-    def validate(epoch: int) -> dict:
-        probs, targets = engine.predict(model, val_data, rt)
-        m = classification_metrics(targets, probs, classes)
-        score = m["auroc"] if m["auroc"] is not None else m["balanced_accuracy"]
-        if not best or score > best["score"]:
-            best.update(score=score, epoch=epoch, metrics=m, state=adapters.trainable_state(model))
-        return {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
+    evaluation = common.eval_transform(bb, cfg.data.intensity)
+    val = common.loader(data(val_rows, evaluation), cfg.data, cfg, rt, train=False)
+    heads = head_names(model)
+    # a frozen backbone without augmentation sees each image the same way every epoch:
+    # compute its features once and train the head on them
+    on_features = cfg.adapter.name == "linear" and not cfg.augment.enabled and len(heads) == 1
+    if on_features:
+        features = _features(model, common.loader(data(train_rows, evaluation), cfg.data, cfg, rt, train=False), rt)
+        val = DataLoader(_features(model, val, rt), batch_size=cfg.data.batch_size)
+        head = model.get_submodule(heads[0])
+        train_data = engine.loader(features, cfg.data.batch_size, rt, train=True)
+        objective = Classifier(head, lambda m: _validate(m, val, rt, classes))
+    else:
+        augment = common.train_transform(bb, cfg.augment, cfg.data.intensity, cfg.seed + rt.rank)
+        train_data = common.loader(data(train_rows, augment), cfg.data, cfg, rt, train=True)
+        objective = Classifier(model, lambda m: _validate(m, val, rt, classes))
 
-    engine.fit(Classifier(model), train_data, cfg.optim, rt, out_dir / "log.jsonl", "finetune", validate)
-    model.load_state_dict(best["state"], strict=False)
+    engine.fit(objective, train_data, cfg.optim, rt, out_dir, "finetune")
+    best = objective.best
+    objective.model.load_state_dict(best["state"], strict=False)
     if rt.is_main:
-        meta = checkpoint.metadata(
-            arch, size, norm, num_classes=len(classes), classes=classes,
-            adapter=cfg.adapter.model_dump(), intensity=cfg.data.intensity.model_dump(mode="json"),
-            data_fingerprint=fingerprint(cfg.data.manifest),
-            config_hash=config.digest(config.semantic(cfg)))
+        meta = common.metadata(bb, cfg, out_dir, num_classes=len(classes), classes=classes,
+                               adapter=cfg.adapter.model_dump())
         checkpoint.save(out_dir / "model", adapters.merged(model).state_dict(), meta)
-    return {"classes": classes, "skipped_rows": write_skipped(out_dir, skipped + skipped_val),
-            "best_epoch": best["epoch"], "val": best["metrics"], "trainable_params": trainable, "total_params": total,
-            "trainable_fraction": trainable / total, "model": "model"}
+    n_skipped = len(skipped) + len(skipped_val)
+    return {"classes": classes, "train_images": len(train_rows),
+            "skipped_rows": write_skipped(out_dir, skipped + skipped_val) if rt.is_main else n_skipped,
+            "best_epoch": best["epoch"], "val": best["metrics"], "trainable_params": trainable,
+            "total_params": total, "trainable_fraction": trainable / total, "model": "model"}
+
+
+def _validate(model: nn.Module, val: DataLoader, rt: engine.Runtime, classes: list[str]) -> dict:
+    probs, targets = engine.predict(model, val, rt)
+    return classification_metrics(targets, probs, classes)
+
+
+@torch.no_grad()
+def _features(model: nn.Module, data: DataLoader, rt: engine.Runtime) -> TensorDataset:
+    """The frozen network's pooled features (what its classifier sees) for every image of a loader."""
+    model.to(rt.device).eval()
+    xs, ys = [], []
+    for x, y in data:
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            f = model.forward_head(model.forward_features(x.to(rt.device)), pre_logits=True)
+        xs.append(f.float().cpu())
+        ys.append(y)
+    return TensorDataset(torch.cat(xs), torch.cat(ys))

@@ -1,0 +1,70 @@
+"""What the training stages share: rows -> dataset -> loader, the checkpoint metadata, the record."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medalign import config, engine
+from medalign.data.datasets import ImageDataset, load_rows
+from medalign.data.manifest import Manifest, fingerprint
+from medalign.data.transforms import MultiView, Single, eval_view, train_view
+from medalign.errors import DataError
+from medalign.models import checkpoint
+from medalign.models.backbones import Backbone
+
+
+def rows(data: config.DataSection, splits: list[str] | str,
+         subset: str | None = None) -> tuple[Manifest, list[dict], list[dict]]:
+    """The usable rows of `splits` (and the skipped ones), optionally only those whose `subset` column is 1."""
+    manifest, kept, skipped = load_rows(data.manifest, splits, data.on_error)
+    if subset is None:
+        return manifest, kept, skipped
+    if subset not in manifest.columns:
+        offered = [c for c in manifest.columns if c.startswith("fewshot_")]
+        raise DataError(f"data.subset: manifest {manifest.path} has no column '{subset}'"
+                        + (f" (it has {', '.join(offered)})" if offered else ""))
+    chosen = [r for r in kept if str(r[subset]).strip() in ("1", "1.0", "true", "True")]
+    if not chosen:
+        raise DataError(f"data.subset: no row of split {splits} has {subset}=1 in {manifest.path}")
+    return manifest, chosen, skipped
+
+
+def dataset(manifest: Manifest, rows: list[dict], data: config.DataSection, intensity: config.Intensity,
+            transform: MultiView, bb: Backbone, classes: list[str] | None = None) -> ImageDataset:
+    return ImageDataset(manifest, rows, transform, bb.in_chans, classes, intensity.reader_args(),
+                        cache_size=bb.img_size if data.cache else None)
+
+
+def loader(ds: ImageDataset, data: config.DataSection, run: config.Section, rt: engine.Runtime, *, train: bool):
+    return engine.loader(ds, data.batch_size, rt, train=train, num_workers=run.runtime.num_workers)
+
+
+def train_transform(bb: Backbone, augment: config.AugmentConfig, intensity: config.Intensity, seed: int) -> Single:
+    view = (train_view(bb.img_size, augment, bb.mean, bb.std, zscore=intensity.zscore) if augment.enabled
+            else eval_view(bb.img_size, bb.mean, bb.std, zscore=intensity.zscore))
+    return Single(view).reseed(seed)
+
+
+def eval_transform(bb: Backbone, intensity: config.Intensity) -> Single:
+    return Single(eval_view(bb.img_size, bb.mean, bb.std, zscore=intensity.zscore))
+
+
+def record_built(out_dir: Path, cfg: config.Section, bb: Backbone, rt: engine.Runtime) -> None:
+    """config.yaml says what was built: a checkpoint's architecture replaces the config's guess."""
+    if rt.is_main:
+        built = cfg.model_copy(update={"backbone": bb.as_config(cfg.backbone)})
+        (out_dir / "config.yaml").write_text(config.dump(built))
+
+
+def metadata(bb: Backbone, cfg: config.Section, out_dir: Path, **extra) -> dict:
+    return checkpoint.metadata(bb.arch, bb.img_size, bb.normalization,
+                               intensity=cfg.data.intensity.model_dump(mode="json"),
+                               data_fingerprint=fingerprint(cfg.data.manifest),
+                               config_hash=run_hash(cfg, out_dir), **extra)
+
+
+def run_hash(cfg: config.Section, out_dir: Path) -> str:
+    """The run's cache record hashed (what `medalign status` keys on, stable when a workdir moves);
+    the semantic config alone when the stage runs outside the store."""
+    record = out_dir / "key.json"
+    return config.digest(json.loads(record.read_text()) if record.is_file() else config.semantic(cfg))
