@@ -20,7 +20,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
+from results import update_section  # noqa: E402
 
 HEADING = "## Data loading (benchmarks/data_loading.py)"
 HERE = Path(__file__).resolve().parent
@@ -164,16 +164,6 @@ def run(n: int, size: int, source_size: int) -> str:
     ])
 
 
-def update_results(section: str, results: Path) -> None:
-    text = results.read_text() if results.is_file() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^" + re.escape(HEADING) + r"[^\n]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=256)
@@ -184,7 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     section = run(args.n, args.size, args.source_size)
     print(section)
-    update_results(section, args.results)
+    update_section(HEADING, section, args.results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## Quickstart (`benchmarks/quickstart.py`)"
 MEDALIGN = [sys.executable, "-m", "medalign"]
 
 
@@ -38,20 +41,21 @@ def main() -> None:
     first_s, first = timed([*MEDALIGN, *pipeline])
     cached_s, cached = timed([*MEDALIGN, *pipeline])
     changed_s, changed = timed([*MEDALIGN, *pipeline, "finetune.optim.lr=3e-3"])
+    # the first run's own folders, from what it printed: the changed run added others beside them
+    outputs = dict(re.findall(r"^\[(\w+)\] done +(\S+)$", first, re.M))
     steps = {}
-    for step in ("data", "pretrain", "finetune", "evaluate"):
-        out = next((work / step).iterdir())
-        log = out / "log.jsonl"
+    for step, out in outputs.items():
+        log = Path(out) / "log.jsonl"
         last = [json.loads(x) for x in log.read_text().splitlines()][-1] if log.exists() else {}
         steps[step] = last.get("elapsed_s")
-    metrics = json.loads((next((work / "evaluate").iterdir()) / "metrics.json").read_text())
+    metrics = json.loads((Path(outputs["evaluate"]) / "metrics.json").read_text())
     reran = re.findall(r"\[(\w+)\] running", changed)
     shutil.rmtree(work)
 
     import torch
+
     lines = [
-        "# Benchmark results", "",
-        "## Quickstart (`benchmarks/quickstart.py`)", "",
+        HEADING, "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}; "
         f"{time.strftime('%Y-%m-%d')}.", "",
@@ -64,7 +68,7 @@ def main() -> None:
         f"Test metrics of the first run: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
         f"{metrics['balanced_accuracy']:.3f}, AUROC {metrics['auroc']:.3f} (n={metrics['n']}, synthetic data).", "",
     ]
-    (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(lines))
+    update_section(HEADING, "\n".join(lines))
     print("\n".join(lines))
     assert "cached" in cached and "running" not in cached, "second run was not fully cached"
 

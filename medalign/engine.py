@@ -342,10 +342,17 @@ def _gather(obj, rt: Runtime) -> list:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Steps logged after the last checkpoint are trained again: drop their lines, once."""
+    """Steps logged after the last checkpoint are trained again: drop their lines, and a line a
+    kill cut in half."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            pass
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

@@ -66,17 +66,17 @@ def test_image_folder_skips_hidden_and_non_image_files(tmp_path):
     assert report["rows"] == 5 and report["labels"] == {"NORMAL": 3, "PNEUMONIA": 2}
     reasons = _reasons(report)
     assert reasons == {
-        ".ipynb_checkpoints/": "hidden folder (1 files)",
+        ".ipynb_checkpoints/": "hidden folder (1 file)",
         ".DS_Store": "hidden file",
         "notes.md": "not in a class folder",
         "__MACOSX/": "system folder (0 files)",
-        "NORMAL/.ipynb_checkpoints/": "hidden folder (1 files)",
+        "NORMAL/.ipynb_checkpoints/": "hidden folder (1 file)",
         "NORMAL/.DS_Store": "hidden file",
         "NORMAL/README.txt": "not an image (.txt)",
         "NORMAL/empty.png": "empty file (0 bytes)",
     }
     assert not list(out.parent.glob("*.tmp"))  # the atomic write leaves no temp file
-    assert "skipped 8 file(s)" in build.summarize(report)
+    assert "skipped 8 files" in build.summarize(report)
 
 
 def test_image_folder_detects_split_folders(tmp_path):
@@ -97,7 +97,7 @@ def test_image_folder_detects_split_folders(tmp_path):
     assert report["split_folders_renamed"] == {"Valid": "val"}
     assert report["counts"] == {"test": {"B": 1}, "train": {"A": 1, "B": 1}, "val": {"A": 1}}
     assert _reasons(report) == {"train/stray.png": "not in a class folder",
-                                "train/.ipynb_checkpoints/": "hidden folder (1 files)"}
+                                "train/.ipynb_checkpoints/": "hidden folder (1 file)"}
 
     again = build.from_image_folder(root, out)  # the manifest inside root is not an image to skip
     assert again["rows"] == 4 and "manifest.csv" not in _reasons(again)
@@ -332,3 +332,102 @@ def test_join_on_patient_id_applies_to_every_image(tmp_path):
     assert [r["site"] for r in _rows(tmp_path / "out.csv")] == ["north", "north", "", ""]
     assert report["matched"] == 2 and report["labels_unmatched"]["examples"] == ["P3"]
     assert report["ambiguous"]["count"] == 0
+
+
+# --- split folders, segmentation masks ---------------------------------------------------------
+
+def test_training_testing_folders_are_splits_not_labels(tmp_path):
+    root = tmp_path / "brain"
+    for split, n in (("Training", 2), ("Testing", 1), ("DEV", 1)):
+        for label in ("glioma", "meningioma"):
+            for i in range(n):
+                _img(root / split / label / f"{i}.jpg", i, fmt="JPEG")
+    report = build.from_image_folder(root, tmp_path / "m.csv")
+    assert report["counts"] == {"test": {"glioma": 1, "meningioma": 1}, "train": {"glioma": 2, "meningioma": 2},
+                                "val": {"glioma": 1, "meningioma": 1}}
+    assert report["split_folders_renamed"] == {"DEV": "val", "Testing": "test", "Training": "train"}
+    assert {r["label"] for r in _rows(tmp_path / "m.csv")} == {"glioma", "meningioma"}
+
+
+@pytest.mark.parametrize("names", [("train_set", "test_set"), ("TrainData", "TestData"), ("NORMAL", "trainset2")])
+def test_split_like_folder_names_are_refused(tmp_path, names):
+    for i, name in enumerate(names):
+        _img(tmp_path / "data" / name / "A" / f"{i}.png", i)
+        _img(tmp_path / "data" / name / f"{i}.png", i)
+    with pytest.raises(DataError) as e:
+        build.from_image_folder(tmp_path / "data", tmp_path / "m.csv")
+    message = str(e.value)
+    assert "look like split names" in message and "\n" not in message
+    assert all(n in message for n in names if n != "NORMAL") and "NORMAL" not in message
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_class_names_that_merely_contain_a_split_word_are_classes(tmp_path):
+    _img(tmp_path / "data" / "covid_test_positive" / "1.png", 1)
+    _img(tmp_path / "data" / "Testicular" / "2.png", 2)
+    report = build.from_image_folder(tmp_path / "data", tmp_path / "m.csv")
+    assert report["labels"] == {"Testicular": 1, "covid_test_positive": 1}
+
+
+def test_segmentation_masks_beside_images_are_skipped(tmp_path):
+    root = tmp_path / "busi"
+    _img(root / "benign" / "benign (1).png", 1)
+    _img(root / "benign" / "benign (1)_mask.png", 2)
+    _img(root / "benign" / "benign (1)_mask_1.png", 3)
+    _img(root / "malignant" / "m1.png", 4)
+    _img(root / "malignant" / "m1_seg.png", 5)
+    _img(root / "malignant" / "m1-label.png", 6)
+    _img(root / "malignant" / "masks" / "m1.png", 7)
+    _img(root / "masks" / "x.png", 8)  # a top-level masks folder is not a class
+    report = build.from_image_folder(root, tmp_path / "m.csv")
+    assert [(Path(r["path"]).name, r["label"]) for r in _rows(tmp_path / "m.csv")] == [
+        ("benign (1).png", "benign"), ("m1.png", "malignant")]
+    reasons = _reasons(report)
+    assert reasons == {
+        "benign/benign (1)_mask.png": "segmentation mask (_mask in the name), not an image",
+        "benign/benign (1)_mask_1.png": "segmentation mask (_mask_1 in the name), not an image",
+        "malignant/m1_seg.png": "segmentation mask (_seg in the name), not an image",
+        "malignant/m1-label.png": "segmentation mask (-label in the name), not an image",
+        "malignant/masks/": "segmentation masks folder (1 file)",
+        "masks/": "segmentation masks folder (1 file)",
+    }
+    flat = build.from_flat_folder(root, tmp_path / "flat.csv")
+    assert flat["rows"] == 2 and _reasons(flat)["masks/"] == "segmentation masks folder (1 file)"
+
+
+# --- concat ------------------------------------------------------------------------------------
+
+def test_concat_rebases_unions_columns_and_refuses_duplicates(tmp_path, capsys):
+    from medalign import cli
+
+    _img(tmp_path / "site1" / "A" / "a.png", 1)
+    _img(tmp_path / "site1" / "B" / "b.png", 2)
+    _img(tmp_path / "site2" / "pool" / "c.png", 3)
+    build.from_image_folder(tmp_path / "site1", tmp_path / "site1" / "m.csv", split="train")
+    build.from_flat_folder(tmp_path / "site2", tmp_path / "site2" / "m.csv")
+    (tmp_path / "site2" / "m.csv").write_text("path,split,site\npool/c.png,unlabeled,north\n")
+    out = tmp_path / "all" / "manifest.csv"
+    cli.main(["manifest", "concat", str(out), str(tmp_path / "site1" / "m.csv"), str(tmp_path / "site2" / "m.csv")])
+    assert "wrote 3 rows" in capsys.readouterr().out
+    rows = _rows(out)
+    assert list(rows[0]) == ["path", "label", "split", "site"]
+    assert rows == [{"path": "../site1/A/a.png", "label": "A", "split": "train", "site": ""},
+                    {"path": "../site1/B/b.png", "label": "B", "split": "train", "site": ""},
+                    {"path": "../site2/pool/c.png", "label": "", "split": "unlabeled", "site": "north"}]
+    manifest = read_manifest(out)
+    assert all(manifest.image_path(r).is_file() for r in manifest.rows)
+
+    # the same image twice (written differently): refused, nothing written
+    (tmp_path / "again.csv").write_text("path,label,split\nsite1/./A/a.png,B,test\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["manifest", "concat", str(tmp_path / "dup.csv"), str(tmp_path / "site1" / "m.csv"),
+                  str(tmp_path / "again.csv")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "1 duplicate row" in err and "A/a.png" in err and "\n" not in err.strip()
+    assert not (tmp_path / "dup.csv").exists() and not list(tmp_path.glob(".dup.csv*"))
+    report = build.concat(tmp_path / "dup.csv", [tmp_path / "site1" / "m.csv", tmp_path / "again.csv"],
+                          keep_first=True)
+    assert report["rows"] == 2 and report["duplicates"]["count"] == 1 and report["duplicates"]["differing"] == 1
+    assert [r["label"] for r in _rows(tmp_path / "dup.csv")] == ["A", "B"]
+    with pytest.raises(DataError, match="manifest not found"):
+        build.concat(tmp_path / "x.csv", [tmp_path / "site1" / "m.csv", tmp_path / "absent.csv"])

@@ -1,11 +1,13 @@
 """Cache keys change when, and only when, something that determines the output changes."""
 import json
 import os
+import socket
 
 import pytest
 
+import medalign
 from medalign.errors import ConfigError
-from medalign.pipeline import cache, runner, spec
+from medalign.pipeline import cache, lock, runner, spec, store
 
 
 def keys(path, *overrides):
@@ -50,19 +52,83 @@ def test_outside_manifest_is_fingerprinted(tmp_path, demo_set):
     assert keys(pipeline)["pretrain"] == k2  # and stable when nothing changes
 
 
-def test_status_names_the_changed_field(tiny_pipeline, tmp_path):
-    # fake a completed finetune output for the current key, then change one value
-    planned = {p.step.name: p for p in runner.plan(spec.load(tiny_pipeline))}
-    done = planned["finetune"]
-    done.out.mkdir(parents=True)
-    (done.out / "key.json").write_text(json.dumps(done.record))
-    (done.out / "COMPLETE").write_text("")
-    again = {p.step.name: p for p in runner.plan(spec.load(tiny_pipeline))}
-    after = {p.step.name: p for p in runner.plan(spec.load(tiny_pipeline, ["finetune.optim.lr=0.003"]))}
-    assert again["finetune"].cached and not after["finetune"].cached
-    assert "optim.lr 0.001 -> 0.003" in after["finetune"].reason
-    assert after["evaluate"].reason == "never run"
-    assert after["data"].reason == "never run"
+def test_relative_and_absolute_spellings_of_an_input_give_one_key(tmp_path, demo_set, monkeypatch):
+    monkeypatch.chdir(demo_set.parent)
+    pipeline = tmp_path / "p.yaml"
+    found = set()
+    for spelling in ("manifest.csv", "./manifest.csv", str(demo_set), f"{demo_set.parent}/../demo/manifest.csv"):
+        pipeline.write_text(f"workdir: {tmp_path / 'w'}\nsteps:\n  pretrain:\n    config:\n"
+                            f"      data: {{manifest: {spelling}}}\n")
+        found.add(keys(pipeline)["pretrain"])
+    assert len(found) == 1
+
+
+# -- what `medalign status` says about a step -------------------------------------------------
+
+def planned(path, *overrides):
+    return {p.step.name: p for p in runner.plan(spec.load(path, list(overrides)))}
+
+
+def complete(p):
+    """A fake complete output of a planned step."""
+    p.out.mkdir(parents=True)
+    (p.out / "key.json").write_text(json.dumps(p.record))
+    (p.out / "metrics.json").write_text("{}")
+    (p.out / store.COMPLETE).write_text("")
+
+
+def test_status_cached(tiny_pipeline):
+    complete(planned(tiny_pipeline)["finetune"])
+    p = planned(tiny_pipeline)["finetune"]
+    assert runner.state(p) == ("cached", str(p.out))
+
+
+def test_status_running_while_another_run_holds_the_step(tiny_pipeline):
+    p = planned(tiny_pipeline)["pretrain"]
+    p.out.parent.mkdir(parents=True)
+    with lock.acquire(store.lock_path(p.out), str(p.out)):
+        state, detail = runner.state(p)
+    assert state == "running" and detail.startswith(f"pid {os.getpid()}, host {socket.gethostname()}, since 20")
+    assert runner.state(p) == ("stale", "never run")
+
+
+@pytest.mark.parametrize("progress, detail", [
+    ({"step": 40, "total_steps": 120, "epoch": 1}, "at step 40/120, the next run resumes"),
+    (None, "before its first checkpoint"),
+])
+def test_status_interrupted(tiny_pipeline, progress, detail):
+    p = planned(tiny_pipeline)["pretrain"]
+    partial = store.partial_dir(p.out)
+    (partial / "resume").mkdir(parents=True)
+    (partial / "key.json").write_text(json.dumps(p.record))
+    if progress:
+        (partial / "resume" / "progress.json").write_text(json.dumps(progress))
+    assert runner.state(p) == ("interrupted", detail)
+
+
+@pytest.mark.parametrize("overrides, step, reason", [
+    ((), "evaluate", "never run"),
+    (("finetune.optim.lr=0.003",), "finetune", "config optim.lr 0.001 -> 0.003"),
+    (("pretrain.optim.lr=0.003",), "finetune", "upstream pretrain changed"),
+])
+def test_status_stale_names_what_changed(tiny_pipeline, overrides, step, reason):
+    complete(planned(tiny_pipeline)["finetune"])
+    assert runner.state(planned(tiny_pipeline, *overrides)[step]) == ("stale", reason)
+
+
+def test_status_stale_when_medalign_changed(tiny_pipeline, monkeypatch):
+    complete(planned(tiny_pipeline)["data"])
+    monkeypatch.setattr(cache, "__version__", "999")
+    assert runner.state(planned(tiny_pipeline)["data"]) == ("stale", f"medalign {medalign.__version__} -> 999")
+
+
+def test_status_stale_when_an_outside_input_changed(tmp_path, demo_set):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"workdir: {tmp_path / 'w'}\nsteps:\n  pretrain:\n    config:\n"
+                        f"      data: {{manifest: {demo_set}}}\n")
+    complete(planned(pipeline)["pretrain"])
+    demo_set.write_text(demo_set.read_text().replace("train", "val", 1))
+    assert runner.state(planned(pipeline)["pretrain"]) == ("stale", "input data.manifest changed")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,4 +1,7 @@
 """The command line: help, and bad input answered with one line and a non-zero exit."""
+import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -6,6 +9,8 @@ import pytest
 
 from medalign import cli
 from medalign.config import STAGES
+from medalign.errors import Preempted
+from medalign.pipeline import lock, store
 
 
 def medalign(*args, **kw):
@@ -14,10 +19,13 @@ def medalign(*args, **kw):
 
 def test_help_lists_stages_and_each_stage_its_keys():
     out = medalign("--help").stdout
-    for name in (*STAGES, "run", "status"):
-        assert name in out
+    commands = re.findall(r"^ {4}(\S+)", out.split("commands:")[1], re.M)  # one entry per subcommand
+    assert sorted(commands) == sorted([*STAGES, "run", "status", "manifest"])
     finetune = medalign("finetune", "--help").stdout
     assert "--config" in finetune and "optim.lr" in finetune and "adapter.name" in finetune
+    for command in ("finetune", "run"):
+        text = medalign(command, "--help").stdout
+        assert "--force" in text and "--lock-timeout SECONDS" in text
 
 
 def test_unknown_yaml_key_exits_2_with_one_line(tmp_path):
@@ -37,7 +45,7 @@ def test_missing_images_are_all_listed_without_traceback(demo_set, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and "3 of" in line and all(g in line for g in gone)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".lock-out").exists()
 
 
 def fails(capsys, *args) -> str:
@@ -158,3 +166,38 @@ def test_finetune_refuses_a_patient_in_two_labeled_splits(capsys, demo_set, tmp_
         w.writerows(rows)
     err = fails(capsys, "finetune", f"data.manifest={demo_set}", "--workdir", str(tmp_path))
     assert "1 patient(s) in two labeled splits" in err and f"{test_patient} (test/train)" in err
+
+
+DEMO = ["n_unlabeled=2", "n_train=4", "n_val=2", "n_test=2", "img_size=32"]
+
+
+def test_lock_timeout_exits_3_naming_the_holder(tmp_path):
+    out = tmp_path / "d"
+    with lock.acquire(store.lock_path(out), str(out)):
+        r = medalign("demo-data", str(out), *DEMO, "--lock-timeout", "1")
+    assert r.returncode == 3 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert f"{out}: locked by pid {os.getpid()} on host {socket.gethostname()} since " in r.stderr
+    assert r.stderr.rstrip().endswith("gave up after 1 s (--lock-timeout)")
+    assert r.stdout.startswith(f"[demo-data] waiting for pid {os.getpid()} on host {socket.gethostname()} (since ")
+    assert r.stdout.count("\n") == 1 and not out.exists()
+
+
+def test_preempted_stage_exits_75_keeps_its_folder_and_releases_the_lock(capsys, tmp_path, monkeypatch):
+    from medalign.stages import demo_data
+
+    def preempted(cfg, out_dir):
+        (out_dir / "resume").mkdir()
+        (out_dir / "resume" / "progress.json").write_text('{"step": 2, "total_steps": 5}')
+        raise Preempted("SIGTERM at step 2/5; resume state written, rerun to continue")
+
+    monkeypatch.setattr(demo_data, "run", preempted)
+    out = tmp_path / "d"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo-data", str(out), *DEMO])
+    assert e.value.code == 75 and "rerun to continue" in capsys.readouterr().err
+    assert (store.partial_dir(out) / "resume" / "progress.json").is_file() and not out.exists()
+    assert not store.lock_path(out).exists()
+    monkeypatch.undo()
+    cli.main(["demo-data", str(out), *DEMO])
+    assert "resuming the run interrupted at step 2/5" in capsys.readouterr().out
+    assert store.is_complete(out) and not store.partial_dir(out).exists()

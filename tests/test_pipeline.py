@@ -1,5 +1,10 @@
-"""The tiny pipeline end to end: runs, caches, reruns only what an override touches."""
+"""The tiny pipeline end to end: runs, caches, reruns only what an override touches, runs once at a time."""
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
 
 import pytest
 import timm
@@ -37,7 +42,7 @@ def test_first_run_runs_every_step(pipeline):
     metrics = json.loads((outputs["evaluate"] / "metrics.json").read_text())
     assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["auroc"] <= 1
     assert sum(map(sum, metrics["confusion_matrix"]["rows_true_cols_pred"])) == 12
-    assert not list(outputs["pretrain"].parent.glob(".tmp-*"))
+    assert [p.name for p in outputs["pretrain"].parent.iterdir()] == [outputs["pretrain"].name]  # no .partial-, .lock-
 
 
 def test_training_logs_one_json_line_per_step(pipeline):
@@ -112,3 +117,55 @@ def test_preprocessing_cache_is_filled_once_and_reused(demo_set, tmp_path, monke
     monkeypatch.setattr(datasets, "read_image", counting)
     cli.main([*args, "seed=1", "--out", str(tmp_path / "b")])  # another run, same images: no decoding
     assert decoded == [] and (tmp_path / "b" / "COMPLETE").exists()
+
+
+def test_two_runs_at_once_compute_each_step_once(tiny_pipeline):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def medalign(*args, **kw):
+        return [sys.executable, "-m", "medalign", *args]
+
+    lines: list[list[str]] = [[], []]
+    running = threading.Event()
+
+    def read(proc, into):
+        for line in proc.stdout:
+            into.append(line)
+            if line.startswith("[pretrain] running"):
+                running.set()
+
+    runs = [subprocess.Popen(medalign("run", str(tiny_pipeline)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env) for _ in range(2)]
+    readers = [threading.Thread(target=read, args=(p, out)) for p, out in zip(runs, lines)]
+    for t in readers:
+        t.start()
+    try:
+        assert running.wait(120), lines
+        holder = next(p.pid for p, out in zip(runs, lines) if any(x.startswith("[pretrain] running") for x in out))
+
+        status = subprocess.run(medalign("status", str(tiny_pipeline)), capture_output=True, text=True, env=env)
+        assert re.search(rf"^\w+ +running +pid {holder}, host ", status.stdout, re.M), status.stdout
+
+        impatient = subprocess.run(medalign("run", str(tiny_pipeline), "--lock-timeout", "1"),
+                                   capture_output=True, text=True, env=env, timeout=120)
+        assert impatient.returncode == 3, impatient.stderr
+        assert f"locked by pid {holder} on host " in impatient.stderr and "(--lock-timeout)" in impatient.stderr
+    finally:
+        for p in runs:
+            p.wait(timeout=300)
+        for t in readers:
+            t.join()
+    assert [p.returncode for p in runs] == [0, 0], lines
+
+    both = lines[0] + lines[1]
+    steps = ["data", "pretrain", "finetune", "evaluate"]
+    assert sorted(x.split("]")[0][1:] for x in both if "] done " in x) == sorted(steps)  # each step computed once
+    assert sorted(x.split("]")[0][1:] for x in both if "] cached " in x) == sorted(steps)  # and found by the other
+    waited = [x for x in both if "] waiting for pid " in x]
+    assert waited and all(f"waiting for pid {holder} on host " in x for x in waited)
+
+    workdir = tiny_pipeline.parent / "work"
+    for step in steps:
+        assert len(os.listdir(workdir / step)) == 1, os.listdir(workdir / step)  # one output, nothing left over
+    log = next((workdir / "pretrain").iterdir()) / "log.jsonl"
+    assert sum('"summary": true' in x for x in log.read_text().splitlines()) == 1  # one epoch, written once

@@ -82,6 +82,8 @@ def test_key_changes_with_image_mtime_size_window_and_rows(tmp_path, data):
     assert PreprocessCache(tmp_path / "c", m, rows, 1, SIZE, (40, 400)).key != base.key
     assert PreprocessCache(tmp_path / "c", m, rows, 3, SIZE).key != base.key
     assert PreprocessCache(tmp_path / "c", m, rows[:2], 1, SIZE).key != base.key
+    sliced = [dict(r, axis="0") for r in rows]  # NIfTI rows along another axis decode other pixels
+    assert PreprocessCache(tmp_path / "c", m, sliced, 1, SIZE).key != base.key
     base.fill()
     st = (m.root / "ct.dcm").stat()
     os.utime(m.root / "ct.dcm", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -434,3 +434,44 @@ def test_readers_import_neither_pydicom_nor_nibabel():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+
+def expected_sagittal(path, k):
+    """Independent of the reader's affine logic: nibabel's RAS+ reorientation, then the radiology
+    view of a sagittal slice (rows superior -> inferior, anterior on the viewer's left)."""
+    img = nib.load(path)
+    can = nib.as_closest_canonical(img)
+    data = can.get_fdata()
+    flipped = nib.aff2axcodes(img.affine)[0] == "L"  # voxel axis 0 runs right -> left: RAS+ reverses it
+    sl = data[img.shape[0] - 1 - k if flipped else k]
+    view = sl.T[::-1, ::-1]
+    lo, hi = np.percentile(view, [0.5, 99.5])
+    return np.clip((view - lo) / (hi - lo), 0, 1)
+
+
+def test_axis_column_from_build_reaches_the_dataset_and_cache(tmp_path, monkeypatch):
+    from medalign import cli
+    from medalign.data.datasets import ImageDataset
+    from medalign.data.manifest import read_manifest
+    from medalign.data.preprocess_cache import resize_hwc
+
+    shutil.copy(nib_data("anatomical.nii"), tmp_path / "anatomical.nii")
+    cli.main(["manifest", "build", "nifti", str(tmp_path / "anatomical.nii"), str(tmp_path / "m.csv"), "--axis", "0"])
+    manifest = read_manifest(tmp_path / "m.csv")
+    rows = [r for r in manifest.rows if r["index"] in ("12", "20")]
+    assert [r["axis"] for r in rows] == ["0", "0"]
+    dataset = ImageDataset(manifest, rows, lambda image: image, 1)
+    for i, row in enumerate(rows):
+        image, _ = dataset[i]
+        assert image.shape == (25, 41, 1)  # (S, A): a sagittal slice of the 33 x 41 x 25 volume
+        np.testing.assert_allclose(image[..., 0], expected_sagittal(tmp_path / "anatomical.nii", int(row["index"])),
+                                   atol=1e-5)
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "cache"))
+    cached = ImageDataset(manifest, rows, lambda image: image, 1, cache_size=16)
+    for i in range(len(rows)):
+        np.testing.assert_allclose(cached[i][0], resize_hwc(dataset[i][0], 16), atol=2 / 65535)
+    with pytest.raises(DataError, match="applies to NIfTI volumes only"):
+        read_image(dcm("CT_small.dcm"), axis=0)
+    with pytest.raises(DataError, match="axis must be 0, 1 or 2"):
+        read_image(tmp_path / "anatomical.nii", axis=3)

@@ -192,10 +192,10 @@ def test_existing_split_kept_as_split_original_when_it_differs(tmp_path):
     assert report["split_original"] and report["columns"][:6] == COLUMNS + ["split", "split_original"]
     assert all(r["split_original"] == ("train" if r["label"] else "unlabeled") for r in rows)
     assert {r["split"] for r in rows} == {"train", "val", "test", "unlabeled"}
-    # splitting its own output again with the same seed changes nothing: no second copy
+    # splitting its own output again with the same seed changes nothing: the first original is kept
     again = split(tmp_path / "out.csv", tmp_path / "again.csv")
-    assert not again["split_original"] or again["columns"].count("split_original") == 1
-    assert [r["split"] for r in _read(tmp_path / "again.csv")] == [r["split"] for r in rows]
+    assert not again["split_original"] and again["columns"] == report["columns"]
+    assert _read(tmp_path / "again.csv") == rows
 
 
 def test_same_split_is_not_copied(tmp_path):
@@ -238,11 +238,11 @@ def test_label_with_too_few_patients(tmp_path):
     rows = _read(src)
     rows += [{"path": f"rare/{i}.png", "label": "RARE", "patient_id": f"R{i % 2}"} for i in range(6)]
     build.write_csv(src, COLUMNS, rows)
-    with pytest.raises(DataError, match=r"label 'RARE' has only 2 group\(s\).*3 splits \(train/val/test\)") as e:
+    with pytest.raises(DataError, match=r"label 'RARE' has only 2 groups \(patients\).*3 splits \(train/val/test\)") as e:
         split(src, tmp_path / "out.csv")
     assert "\n" not in str(e.value)
     # two patients are enough for two splits; then train+val holds one, too few for 3 folds
     report = split(src, tmp_path / "out.csv", fractions=(0.8, 0.0, 0.2))
     assert set(report["splits"]) == {"train", "test"} and "val" not in report["carving"]
-    with pytest.raises(DataError, match=r"label 'RARE' has only 1 group\(s\).*3 folds"):
+    with pytest.raises(DataError, match=r"label 'RARE' has only 1 group \(patient\).*3 folds"):
         split(src, tmp_path / "out.csv", fractions=(0.8, 0.0, 0.2), folds=3)

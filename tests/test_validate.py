@@ -92,11 +92,11 @@ def test_every_problem_reported_at_once(tmp_path):
     assert sorted(report.errors) == sorted([
         "missing: missing1.png (line 10)",
         "missing: missing2.png (line 11)",
-        "unreadable: bad.png (line 12): image file is truncated",
+        "unreadable: bad.png (line 12): Truncated File Read",
         "unreadable: fake.png (line 13): not an image file Pillow can identify",
-        "1 train rows have no label (lines 9)",
-        "label 'C' is in test (1 rows) but not in train: the model cannot predict it",
-        "patient P1 is in train (1 rows) and val (1 rows)",
+        "1 train row has no label (line 9)",
+        "label 'C' is in test (1 row) but not in train: the model cannot predict it",
+        "patient P1 is in train (1 row) and val (1 row)",
         "byte-identical images in test and train: t4.png [train/B], test/t4_leak.png [test/B]",
         "byte-identical images under labels A and B: t5.png [train/A], t5_relabel.png [train/B]",
     ]) or _explain(report)
@@ -106,7 +106,7 @@ def test_every_problem_reported_at_once(tmp_path):
     others = sorted(w for w in report.warnings if w not in near)
     assert others == sorted([
         "byte-identical images (2): t3.png [train/A], t3_copy.png [train/A]",
-        "unknown split 'holdout' (1 rows): stages select train, val, test, unlabeled by name",
+        "unknown split 'holdout' (1 row): stages select train, val, test, unlabeled by name",
         "val has a single class 'A': AUC is undefined on it",
     ])
     s = report.stats
@@ -114,7 +114,11 @@ def test_every_problem_reported_at_once(tmp_path):
     assert s["exact_duplicate_groups_across_splits"] == 1 and s["exact_duplicate_groups_across_labels"] == 1
     text = report.format()
     assert all(e in text for e in report.errors) and "9 error(s), 4 warning(s)" in text
-    assert "... and 7 more errors" in report.format(limit=2)
+    assert "exact duplicates: 3 groups of byte-identical files" in text
+    assert "test: 2 of 4 images have a copy in train (1 byte-identical, 1 near-duplicate)" in text
+    short = report.format(limit=1)  # one line per kind: no kind hides another
+    assert "missing: missing1.png (line 10)" in short and "missing: missing2.png" not in short
+    assert "... and 1 more missing" in short and "unreadable: bad.png" in short
 
 
 def _explain(report):
@@ -135,7 +139,7 @@ def test_unlabeled_pool_overlap_is_a_warning_only_for_evaluation_images(tmp_path
     assert sorted(report.warnings) == [
         "byte-identical images in test and unlabeled: b.png [test/A], b_pool.png [unlabeled] "
         "(pretraining sees evaluation images; no labels leak)",
-        "patient P2 is in test (1 rows) and unlabeled (1 rows) (pretraining sees evaluation images; no labels leak)",
+        "patient P2 is in test (1 row) and unlabeled (1 row) (pretraining sees evaluation images; no labels leak)",
     ]
 
 
@@ -186,10 +190,10 @@ def test_index_column_checked_against_frames_and_slices(tmp_path):
             ("vol.nii.gz", "B", "train", "4"), ("vol.nii.gz", "B", "train", "x"), ("junk.dcm", "B", "train", "")]
     report = validate(_manifest(tmp_path, rows, columns=("path", "label", "split", "index")))
     assert sorted(report.errors) == [
-        "index 'x' of vol.nii.gz (line 7) is not an integer",
-        "index 2 of two_frames.dcm (line 4) is out of range: it has 2",
-        "index 4 of vol.nii.gz (line 6) is out of range: it has 4",
-        "unreadable: junk.dcm (line 8): DICOM without an image (no Rows/Columns)",
+        "bad index: vol.nii.gz (line 7): index 'x' is not an integer",
+        "unreadable: junk.dcm (line 8): not a DICOM file (no DICM marker and no image attributes)",
+        "unreadable: two_frames.dcm (line 4): frame index 2 out of range: the file has 2 frames",
+        "unreadable: vol.nii.gz (line 6): slice index 4 out of range: the volume has 4 slices along axis 2",
     ]
     assert report.stats["near_hashed"] == 0  # headers only: volumes are never decoded here
 
@@ -234,3 +238,185 @@ def test_mixed_modes_and_header_only_mode(tmp_path):
 
     quick = validate(manifest, near_duplicates=False)  # headers only: no thumbnails, no near check
     assert "near_duplicate_pairs" not in quick.stats and quick.stats["exact_duplicate_groups"] == 1
+
+
+# --- validate and the training data path agree --------------------------------------------------
+
+def _undecodable_dicom() -> Path | None:
+    """A pydicom test file whose compressed transfer syntax has no decoder installed here."""
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "MR_small_jp2klossless.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            continue
+        import pydicom
+
+        ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        if not get_decoder(ts).is_available:
+            return Path(path)
+    return None
+
+
+def _corrupt_set(root: Path) -> tuple[Path, set[tuple[str, str]]]:
+    """A train split of good rows and one row per kind of corrupt file; returns the manifest and
+    the (path, index) of the corrupt rows."""
+    pydicom = pytest.importorskip("pydicom")
+    nib = pytest.importorskip("nibabel")
+    from pydicom.data import get_testdata_file
+
+    truncated = get_testdata_file("MR_truncated.dcm", download=False)
+    if truncated is None:
+        pytest.skip("pydicom's MR_truncated.dcm is not installed")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(truncated, root / "truncated.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), root / "ct.dcm")
+    np.savez(root / "stack.npz", images=np.zeros((3, 8, 8), np.uint8))
+    (root / "text.png").write_text("a text file with a .png name\n" * 10)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(buf, "PNG")
+    (root / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    buf = io.BytesIO()
+    Image.fromarray(_smooth(3)).save(buf, "JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _save(root / "good.png", _smooth(1))
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((4, 5, 6), dtype=np.float32), np.eye(4)),
+             root / "vol.nii.gz")
+    rows = [("good.png", "A", ""), ("ct.dcm", "B", ""), ("stack.npz", "A", "2"), ("vol.nii.gz", "B", "5"),
+            ("truncated.dcm", "A", ""), ("stack.npz", "B", "3"), ("text.png", "A", ""),
+            ("truncated.png", "B", ""), ("truncated.jpg", "A", ""), ("vol.nii.gz", "A", "6")]
+    bad = {("truncated.dcm", ""), ("stack.npz", "3"), ("text.png", ""), ("truncated.png", ""),
+           ("truncated.jpg", ""), ("vol.nii.gz", "6")}
+    undecodable = _undecodable_dicom()
+    if undecodable is not None:
+        shutil.copy(undecodable, root / "compressed.dcm")
+        rows.append(("compressed.dcm", "B", ""))
+        bad.add(("compressed.dcm", ""))
+    manifest = _manifest(root, [(p, label, "train", i) for p, label, i in rows],
+                         columns=("path", "label", "split", "index"))
+    assert pydicom and len(bad) >= 6
+    return manifest, bad
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_validate_and_load_rows_agree_row_by_row(tmp_path, near):
+    from medalign.data.datasets import load_rows
+
+    manifest, bad = _corrupt_set(tmp_path / "d")
+    report = validate(manifest, near_duplicates=near)
+    flagged = {(r["path"], r["index"]): r["detail"] for r in report.problem_rows()
+               if r["kind"] in ("missing", "unreadable")}
+    _, kept, skipped = load_rows(manifest, "train", on_error="skip")
+    assert {(s["path"], s["index"]): s["reason"] for s in skipped} == flagged
+    assert set(flagged) == bad
+    assert {(r["path"], r["index"]) for r in kept} == {("good.png", ""), ("ct.dcm", ""), ("stack.npz", "2"),
+                                                        ("vol.nii.gz", "5")}
+    assert "truncated" in flagged[("truncated.dcm", "")] and "3 rows" in flagged[("stack.npz", "3")]
+    if ("compressed.dcm", "") in flagged:
+        assert "decoder" in flagged[("compressed.dcm", "")]
+
+
+def test_manifest_that_is_not_text_is_one_line(tmp_path, capsys):
+    from medalign import cli
+
+    binary = tmp_path / "manifest.csv"
+    buf = io.BytesIO()
+    Image.fromarray(_smooth(1)).save(buf, "PNG")
+    binary.write_bytes(buf.getvalue())
+    report = validate(binary)
+    assert len(report.errors) == 1 and str(binary) in report.errors[0] and "\n" not in report.errors[0]
+    assert "UTF-8" in report.errors[0]
+    (tmp_path / "nul.csv").write_bytes(b"path,label\na.png\0,A\n")
+    assert "NUL" in validate(tmp_path / "nul.csv").errors[0]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["manifest", "validate", str(binary)])
+    assert e.value.code == 1 and "Traceback" not in capsys.readouterr().err
+
+
+def _near_copy(a: np.ndarray, seed: int = 100, sigma: float = 10.0) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0, sigma, a.shape)
+    return np.clip(a.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+def test_near_duplicates_under_different_labels_without_splits(tmp_path):
+    a = _smooth(1)
+    b = _near_copy(a)
+    corr = np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1]
+    assert 0.97 <= corr <= 0.99  # what real archives hold: one image filed under two diagnoses
+    _save(tmp_path / "benign" / "x.png", a)
+    _save(tmp_path / "malignant" / "x_again.png", b)
+    _save(tmp_path / "benign" / "y.png", _smooth(2))
+    _save(tmp_path / "malignant" / "z.png", _smooth(3))
+    _save(tmp_path / "malignant" / "y_same_label.png", _near_copy(_smooth(4)))
+    _save(tmp_path / "malignant" / "y_same_label_copy.png", _smooth(4))
+    rows = [("benign/x.png", "benign"), ("malignant/x_again.png", "malignant"), ("benign/y.png", "benign"),
+            ("malignant/z.png", "malignant"), ("malignant/y_same_label.png", "malignant"),
+            ("malignant/y_same_label_copy.png", "malignant")]
+    report = validate(_manifest(tmp_path, rows, columns=("path", "label")))
+    near = [p for p in report.problems if p.kind == "near-duplicates under different labels"]
+    assert len(near) == 1, report.format()
+    assert near[0].message.startswith("near-duplicate images under labels benign and malignant (")
+    assert near[0].message.endswith("): benign/x.png [benign], malignant/x_again.png [malignant]")
+    assert {r["path"]: r["related"] for r in near[0].rows} == {"benign/x.png": "malignant/x_again.png",
+                                                              "malignant/x_again.png": "benign/x.png"}
+    assert report.stats["near_duplicate_pairs_across_labels"] == 1
+    assert "near-duplicates: 0 pairs across splits, 1 pair under different labels" in report.format()
+
+
+def test_test_images_with_a_copy_in_train_are_counted(tmp_path):
+    for i in range(4):
+        _save(tmp_path / f"train{i}.png", _smooth(i))
+    shutil.copy(tmp_path / "train0.png", tmp_path / "test_exact.png")
+    _save(tmp_path / "test_near.png", _near_copy(_smooth(1)))
+    _save(tmp_path / "test_new1.png", _smooth(10))
+    _save(tmp_path / "test_new2.png", _smooth(11))
+    rows = [(f"train{i}.png", "AB"[i % 2], "train") for i in range(4)]
+    rows += [("test_exact.png", "A", "test"), ("test_near.png", "B", "test"), ("test_new1.png", "A", "test"),
+             ("test_new2.png", "B", "test"), ("train2.png", "A", "test")]  # the same file in both splits
+    report = validate(_manifest(tmp_path, rows, columns=("path", "label", "split")))
+    assert report.stats["copies_in_train"]["test"] == {"images": 3, "of": 5, "byte_identical": 2,
+                                                       "near_duplicate": 1}
+    assert "test: 3 of 5 images have a copy in train (2 byte-identical, 1 near-duplicate)" in report.format()
+    quick = validate(_manifest(tmp_path, rows, columns=("path", "label", "split")), near_duplicates=False)
+    assert quick.stats["copies_in_train"]["test"]["images"] == 2
+
+
+def test_limit_is_per_kind(tmp_path):
+    for i in range(3):
+        (tmp_path / f"fake{i}.png").write_text(f"not an image, number {i}")
+    rows = [(f"missing{i}.png", "A", "train") for i in range(3)] + [(f"fake{i}.png", "B", "train") for i in range(3)]
+    report = validate(_manifest(tmp_path, rows, columns=("path", "label", "split")))
+    text = report.format(limit=2)
+    assert "missing: missing1.png" in text and "missing: missing2.png" not in text
+    assert "unreadable: fake0.png" in text and "unreadable: fake1.png" in text and "fake2.png" not in text
+    assert "... and 1 more missing" in text and "... and 1 more unreadable" in text
+    assert all(f"missing{i}.png" in report.format() for i in range(3))
+
+
+def test_cli_json_and_csv_reports(tmp_path, capsys):
+    import json
+
+    from medalign import cli
+
+    for i in range(4):
+        _save(tmp_path / f"t{i}.png", _smooth(i))
+    shutil.copy(tmp_path / "t1.png", tmp_path / "leak.png")
+    rows = [(f"t{i}.png", "AB"[i % 2], "train") for i in range(4)]
+    rows += [("leak.png", "B", "test"), ("gone.png", "A", "test")]
+    manifest = _manifest(tmp_path, rows, columns=("path", "label", "split"))
+    problems = tmp_path / "out" / "problems.csv"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["manifest", "validate", str(manifest), "--json", "--csv", str(problems)])
+    assert e.value.code == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["stats"]["rows"] == 6
+    assert {p["kind"] for p in data["problems"]} >= {"missing", "byte-identical across splits"}
+    with open(problems, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert list(got[0]) == ["path", "index", "line", "split", "label", "kind", "severity", "detail", "related"]
+    leak = [r for r in got if r["kind"] == "byte-identical across splits"]
+    assert {(r["path"], r["split"], r["related"]) for r in leak} == {("t1.png", "train", "leak.png"),
+                                                                    ("leak.png", "test", "t1.png")}
+    assert [(r["path"], r["line"], r["severity"]) for r in got if r["kind"] == "missing"] == [("gone.png", "7", "error")]
+    assert not list(problems.parent.glob(".*tmp"))

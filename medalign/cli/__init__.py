@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -59,18 +58,19 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workdir", type=Path, default=Path("runs"), help="where keyed outputs go (default: runs)")
         p.add_argument("-c", "--config", type=Path, help="stage config YAML")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
+        _run_options(p, "rerun even if cached, discarding an interrupted run")
         p.set_defaults(func=_run_stage, stage=stage.name)
 
     p = sub.add_parser("run", help="run a pipeline, recomputing only stale steps")
     p.add_argument("pipeline", type=Path)
     p.add_argument("overrides", nargs="*", metavar="step.key=value", help="e.g. finetune.optim.lr=1e-3")
-    p.add_argument("--force", action="store_true", help="rerun every step, cached or not")
     p.add_argument("--workdir", type=Path, help="override the pipeline's workdir")
+    _run_options(p, "rerun every step, cached or not, discarding interrupted runs")
     p.set_defaults(func=_run_pipeline)
 
     manifest.add_parser(sub)
 
-    p = sub.add_parser("status", help="show each pipeline step as cached or stale, and why")
+    p = sub.add_parser("status", help="show each pipeline step as cached, running, interrupted or stale, and why")
     p.add_argument("pipeline", type=Path)
     p.add_argument("overrides", nargs="*", metavar="step.key=value")
     p.add_argument("--workdir", type=Path, help="override the pipeline's workdir")
@@ -78,33 +78,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_options(p: argparse.ArgumentParser, force_help: str) -> None:
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                   help="give up (exit 3) if another run holds a step for longer (default: wait)")
+
+
 def _run_stage(args) -> None:
-    from medalign.pipeline import cache, runner, store
+    from medalign.pipeline import cache, ranks, runner
 
     stage = STAGES[args.stage]
     cfg = config.load(stage.config, args.config, args.overrides)
     rec = cache.record(stage.name, cfg, upstream={})
     out = args.out or args.workdir / stage.name / cache.key_of(rec)
-    if out.exists() and any(out.iterdir()) and not store.is_complete(out):
-        raise MedalignError(f"{out} exists and is not a medalign output; it is left alone, choose another folder")
-    if store.is_complete(out) and json.loads((out / "key.json").read_text()) == rec:
-        print(f"[{stage.name}] cached  {out}")
-        metrics = json.loads((out / "metrics.json").read_text())
-    else:
-        metrics = runner.execute(stage, cfg, out, rec)
-        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
-            return
-        print(f"[{stage.name}] done    {out}")
-    _show(stage.name, metrics)
+    metrics, _ = runner.execute(stage, cfg, out, rec, label=stage.name, force=args.force,
+                                lock_timeout=args.lock_timeout)
+    if ranks.rank() == 0:  # torchrun: rank 0 speaks for all
+        _show(stage.name, metrics)
 
 
 def _run_pipeline(args) -> None:
-    from medalign.pipeline import runner, spec
+    from medalign.pipeline import ranks, runner, spec
 
     pipeline = spec.load(args.pipeline, args.overrides, args.workdir)
-    outputs = runner.run(pipeline, force=args.force)
+    outputs = runner.run(pipeline, force=args.force, lock_timeout=args.lock_timeout)
     last = pipeline.steps[-1].name
-    _show(last, json.loads((outputs[last] / "metrics.json").read_text()))
+    if ranks.rank() == 0:
+        _show(last, json.loads((outputs[last] / "metrics.json").read_text()))
 
 
 def _status(args) -> None:
@@ -113,8 +113,8 @@ def _status(args) -> None:
     pipeline = spec.load(args.pipeline, args.overrides, args.workdir)
     width = max(len(s.name) for s in pipeline.steps)
     for p in runner.plan(pipeline):
-        state = "cached" if p.cached else "stale "
-        print(f"{p.step.name:<{width}}  {state}  {p.out if p.cached else p.reason}")
+        state, detail = runner.state(p)
+        print(f"{p.step.name:<{width}}  {state:<11}  {detail}")
 
 
 def _show(name: str, metrics: dict) -> None:

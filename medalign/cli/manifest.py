@@ -1,4 +1,4 @@
-"""`medalign manifest build|join|split|validate`: manifests from the images a user has. No torch."""
+"""`medalign manifest build|join|concat|split|validate`: manifests from the images a user has. No torch."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,8 @@ from medalign.errors import MedalignError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("manifest", help="build manifests (folders, DICOM, NIfTI, npz), join labels, split, validate")
+    p = sub.add_parser("manifest", help="build manifests (folders, DICOM, NIfTI, npz), join labels, concat, "
+                                        "split, validate")
     actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     b = actions.add_parser("build", help="write a manifest CSV from images you have")
     b.add_argument("kind", choices=("folder", "flat", "dicom", "nifti", "npz"),
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
     b.add_argument("source", type=Path)
     b.add_argument("out", type=Path, help="manifest CSV to write (npz: a folder for PNGs + manifest.csv)")
     b.add_argument("--split", help="split for every row (folder, flat)")
-    b.add_argument("--axis", type=int, default=2, help="slicing axis (nifti)")
+    b.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
+                   help="voxel axis to slice (nifti; written as an `axis` column that the readers follow)")
     b.add_argument("--keep-empty", action="store_true", help="keep constant slices (nifti)")
     b.set_defaults(func=_build)
     j = actions.add_parser("join", help="add columns (labels, official splits) from another CSV, matched by file")
@@ -28,6 +30,12 @@ def add_parser(sub) -> None:
     j.add_argument("--columns", help="comma-separated columns to add (default: all)")
     j.add_argument("--overwrite", default="", help="comma-separated columns that replace the manifest's own")
     j.set_defaults(func=_join)
+    c = actions.add_parser("concat", help="stack manifests built folder by folder into one (paths re-based)")
+    c.add_argument("out", type=Path, help="manifest CSV to write")
+    c.add_argument("inputs", type=Path, nargs="+", metavar="manifest", help="manifests to stack, in order")
+    c.add_argument("--keep-first", action="store_true",
+                   help="keep the first row of an image listed twice (same path and index) instead of refusing")
+    c.set_defaults(func=_concat)
     sp = actions.add_parser("split", help="patient-grouped, stratified train/val/test, k folds, few-shot subsets")
     sp.add_argument("manifest", type=Path)
     sp.add_argument("out", type=Path)
@@ -41,8 +49,11 @@ def add_parser(sub) -> None:
     v.add_argument("manifest", type=Path)
     v.add_argument("--no-near-duplicates", action="store_true", help="skip the perceptual-hash check")
     v.add_argument("--limit", type=int, default=50, help="problems shown per kind (0: all)")
+    v.add_argument("--json", action="store_true", help="print the whole report as JSON instead of text")
+    v.add_argument("--csv", type=Path, metavar="FILE",
+                   help="write the problems to FILE, one row per manifest row concerned: "
+                        "path,index,line,split,label,kind,severity,detail,related")
     v.set_defaults(func=_validate)
-
 
 
 def _build(args) -> None:
@@ -70,7 +81,14 @@ def _join(args) -> None:
     print(build.summarize(report))
 
 
+def _concat(args) -> None:
+    from medalign.data import build
+
+    print(build.summarize(build.concat(args.out, args.inputs, keep_first=args.keep_first)))
+
+
 def _split(args) -> None:
+    from medalign.data.manifest import plural
     from medalign.data.split import split
 
     def numbers(text: str, kind=float) -> list:
@@ -81,7 +99,7 @@ def _split(args) -> None:
 
     report = split(args.manifest, args.out, fractions=tuple(numbers(args.fractions)), seed=args.seed,
                    folds=args.folds, few_shot=numbers(args.few_shot), few_shot_seeds=numbers(args.few_shot_seeds, int))
-    print(f"wrote {report['rows']} rows to {report['manifest']}")
+    print(f"wrote {plural(report['rows'], 'row')} to {report['manifest']}")
     for name, labels in report["counts"].items():
         print(f"  {name}: " + ", ".join(f"{k or '(no label)'} {v}" for k, v in labels.items()))
     extra = [c for c in report["columns"] if c == "fold" or c.startswith("fewshot_")]
@@ -90,9 +108,13 @@ def _split(args) -> None:
 
 
 def _validate(args) -> None:
+    import json
+
     from medalign.data.validate import validate
 
     report = validate(args.manifest, near_duplicates=not args.no_near_duplicates)
-    print(report.format(limit=args.limit or None))
+    if args.csv:
+        report.write_csv(args.csv)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.format(limit=args.limit or None))
     if not report.ok:
         sys.exit(1)

@@ -4,8 +4,10 @@ volumes, MedMNIST npz files, and label CSVs to join onto them.
 Each builder writes one manifest CSV atomically (temp file + os.replace: a crash never leaves half a
 manifest) and returns a report dict: `rows`, per-label/per-split `counts`, and `skipped` files with
 a reason each. Real archives are messy (`.ipynb_checkpoints`, `.DS_Store`, README files, empty
-exports): builders skip and report those, they do not stop. A problem the user must decide about
-(split folders mixed with class folders, no images at all) is a DataError.
+exports, segmentation masks beside the images): builders skip and report those, they do not stop.
+A problem the user must decide about (split folders mixed with class folders, folders named like
+splits that are not recognised as such, no images at all) is a DataError. `concat` stacks
+manifests built one folder at a time.
 
 Paths are written relative to the manifest's folder (os.path.relpath), so a manifest can live
 beside the data or anywhere else. No torch here; `medalign manifest build` wires these to the CLI.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 import warnings
 from collections import Counter, defaultdict
@@ -22,14 +25,22 @@ from typing import Iterable
 
 import numpy as np
 
+from medalign.data.manifest import plural, read_manifest
 from medalign.data.readers import has_dicm_magic
 from medalign.errors import DataError, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Folder names that mean a split in the common root/<split>/<class>/ layout, and their manifest name.
-SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# Folder names (compared case-insensitively) that mean a split in the common root/<split>/<class>/
+# layout, and their manifest name: Kaggle sets ship Training/Testing, others dev for validation.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+# What follows a split word in folder names like trainset, TestData, val_images: still a split.
+_SPLIT_TAILS = ("", "set", "sets", "data", "images", "imgs", "split", "ds")
+# Segmentation masks stored beside their images (BUSI: "benign (1)_mask.png", "..._mask_1.png").
+MASK_NAME = re.compile(r"[_-](mask|seg|segmentation|label)s?([_-]?\d+)?$", re.IGNORECASE)
+MASK_FOLDERS = {"mask", "masks"}
 # Not hidden by a leading dot, but never data: macOS zip artefacts and Windows thumbnail caches.
 JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 # Suffixes that are surely not DICOM: files with these are not opened to look for the DICM magic.
@@ -48,9 +59,12 @@ DICOM_COLUMNS = {"patient_id": "PatientID", "study_id": "StudyInstanceUID", "ser
 def from_image_folder(root: str | Path, out_csv: str | Path, split: str | None = None) -> dict:
     """ImageFolder layout root/<class>/**/<image> -> rows path,label[,split].
 
-    Also root/<split>/<class>/**: when the top-level folders are named train/val/valid/validation/test
-    they are splits (valid and validation are written as `val`). `split` gives every row that split
-    in the class-only layout. Hidden and non-image files are skipped and listed in the report.
+    Also root/<split>/<class>/**: when the top-level folders are split names (`SPLIT_FOLDERS`, any
+    case: train/training, val/valid/validation/dev, test/testing) they are splits, written as
+    train/val/test. Top-level folders that only look like splits (train_set, TrainData) are refused
+    rather than taken as classes. `split` gives every row that split in the class-only layout.
+    Hidden and non-image files and segmentation masks (`MASK_NAME`, `MASK_FOLDERS`) are skipped and
+    listed in the report.
     """
     root, out_csv = _existing_dir(root), Path(out_csv)
     skipped: list[dict] = []
@@ -61,6 +75,11 @@ def from_image_folder(root: str | Path, out_csv: str | Path, split: str | None =
         others = [d.name for d in tops if d not in split_named]
         raise DataError(f"{root}: has split folders ({', '.join(d.name for d in split_named)}) beside other "
                         f"folders ({', '.join(others)}); move those, or build from each split folder")
+    split_like = [d.name for d in tops if not split_named and _looks_like_split(d.name)]
+    if split_like:
+        raise DataError(f"{root}: folder names {', '.join(split_like)} look like split names, not classes; "
+                        f"rename them train/val/test, or build each with --split and join the manifests "
+                        f"with `medalign manifest concat`")
     if split_named and split is not None:
         raise DataError(f"{root}: its folders are splits ({', '.join(d.name for d in split_named)}); "
                         f"split={split!r} applies only to a root/<class>/ layout")
@@ -70,8 +89,8 @@ def from_image_folder(root: str | Path, out_csv: str | Path, split: str | None =
         if split_dir is not root:
             _loose_files(split_dir, root, skipped, out_csv)
         for class_dir in (_visible_dirs(split_dir, root, skipped) if split_dir is not root else tops):
-            for f in _walk_files(class_dir, root, skipped, out_csv):
-                reason = _image_reason(f)
+            for f in _walk_files(class_dir, root, skipped, out_csv, masks=True):
+                reason = _image_reason(f) or _mask_reason(f)
                 if reason:
                     skipped.append(_skip(f, root, reason))
                     continue
@@ -95,8 +114,8 @@ def from_flat_folder(root: str | Path, out_csv: str | Path, split: str | None = 
     root, out_csv = _existing_dir(root), Path(out_csv)
     skipped: list[dict] = []
     rows = []
-    for f in _walk_files(root, root, skipped, out_csv):
-        reason = _image_reason(f)
+    for f in _walk_files(root, root, skipped, out_csv, masks=True):
+        reason = _image_reason(f) or _mask_reason(f)
         if reason:
             skipped.append(_skip(f, root, reason))
             continue
@@ -204,7 +223,7 @@ def from_nifti(paths_or_root: str | Path | Iterable[str | Path], out_csv: str | 
         files, root = [Path(p) for p in items], None
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
-            raise DataError(f"{len(missing)} NIfTI file(s) not found: {', '.join(missing[:10])}")
+            raise DataError(f"{plural(len(missing), 'NIfTI file')} not found: {', '.join(missing[:10])}")
     rows, empty, volumes = [], {}, 0
     for f in files:
         where = f.relative_to(root).as_posix() if root else str(f)
@@ -352,8 +371,6 @@ def join_csv(manifest_csv: str | Path, labels_csv: str | Path, out_csv: str | Pa
     (e.g. overwrite=["split"] to adopt an official split; unmatched rows then get an empty value).
     A manifest file matched by several labels rows keeps the first; the rest are reported.
     """
-    from medalign.data.manifest import read_manifest
-
     manifest = read_manifest(manifest_csv)
     out_csv, labels_csv = Path(out_csv), Path(labels_csv)
     if on not in manifest.columns:
@@ -368,7 +385,8 @@ def join_csv(manifest_csv: str | Path, labels_csv: str | Path, out_csv: str | Pa
     columns = [c for c in header if c != key_column] if columns is None else list(columns)
     unknown = [c for c in columns if c not in header]
     if unknown:
-        raise DataError(f"{labels_csv}: no column(s) {unknown} (columns: {list(header)})")
+        raise DataError(f"{labels_csv}: no {'column' if len(unknown) == 1 else 'columns'} {unknown} "
+                        f"(columns: {list(header)})")
     overwrite = set(overwrite)
 
     # match labels rows to manifest rows: files by name, other keys by value
@@ -500,6 +518,49 @@ def rebase(path: str, old_manifest: Path, new_manifest: Path) -> str:
     return _rel(old_manifest.parent / path, new_manifest)
 
 
+# ---------------------------------------------------------------------------------------------
+# stacking manifests
+
+def concat(out_csv: str | Path, manifests: Iterable[str | Path], keep_first: bool = False) -> dict:
+    """Stacks manifests (built folder by folder, site by site) into one, in the order given.
+
+    Paths are re-based relative to `out_csv`'s folder; columns are the union, in order of first
+    appearance, empty where a manifest lacks one. A row names an image by path, index and axis: the
+    same image twice (paths compared after resolving, so `a/./x.png` is `a/x.png`) is refused, or with
+    `keep_first` the first is kept and the others counted in the report (`duplicates`, with how
+    many differ in another column, e.g. their label). Nothing is written when refused.
+    """
+    out_csv = Path(out_csv)
+    columns: list[str] = []
+    rows: list[dict] = []
+    first: dict[tuple, tuple[str, dict]] = {}  # image -> where its first row came from, and that row
+    dups: list[str] = []
+    differing = 0
+    sources = [read_manifest(p) for p in manifests]
+    if not sources:
+        raise DataError("concat needs at least one manifest")
+    for m in sources:
+        columns += [c for c in m.columns if c not in columns]
+        for i, r in enumerate(m.rows):
+            key = (m.image_path(r).resolve(), r.get("index", ""), r.get("axis", ""))
+            where = f"{m.path} line {i + 2}"
+            if key in first:
+                was, row = first[key]
+                dups.append(f"{r['path']}" + (f" index {key[1]}" if key[1] else "") + f" ({was} and {where})")
+                differing += any(row.get(c, "") != v for c, v in r.items() if c != "path")
+                continue
+            first[key] = where, r
+            rows.append(dict(r, path=rebase(r["path"], m.path, out_csv)))
+    if dups and not keep_first:
+        raise DataError(f"{plural(len(dups), 'duplicate row')} (the same path and index): {'; '.join(dups[:5])}"
+                        + (f"; and {len(dups) - 5} more" if len(dups) > 5 else "")
+                        + "; drop them, or keep the first of each (`--keep-first`)")
+    report = _write_rows(out_csv, columns, [{c: r.get(c, "") for c in columns} for r in rows], [], sort=False)
+    report["inputs"] = [str(m.path) for m in sources]
+    report["duplicates"] = {"count": len(dups), "differing": differing, "examples": dups[:10]}
+    return report
+
+
 def _examples(items: list[str], n: int = 10) -> dict:
     return {"count": len(items), "examples": items[:n]}
 
@@ -509,10 +570,16 @@ def _examples(items: list[str], n: int = 10) -> dict:
 
 def summarize(report: dict) -> str:
     """A few lines for a terminal: rows, counts, and what was skipped and why."""
-    lines = [f"wrote {report['rows']} rows to {report['manifest']}"]
+    lines = [f"wrote {plural(report['rows'], 'row')} to {report['manifest']}"]
     for split, labels in report.get("counts", {}).items():
         if labels:
             lines.append(f"  {split or '(no split)'}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in labels.items()))
+    if "inputs" in report:
+        lines[0] += f" from {plural(len(report['inputs']), 'manifest')}"
+        dups = report["duplicates"]
+        if dups["count"]:
+            lines.append(f"  dropped {plural(dups['count'], 'duplicate row')} (same path and index), kept the "
+                         f"first; {dups['differing']} of them differ in another column")
     if "matched" in report:
         lines.append(f"joined on {report['key']}: {report['matched']} rows matched; without a match: "
                      f"{report['manifest_unmatched']['count']} manifest rows, "
@@ -526,15 +593,17 @@ def summarize(report: dict) -> str:
     skipped = report.get("skipped", [])
     if skipped:
         reasons = Counter(s["reason"] for s in skipped)
-        lines.append(f"skipped {len(skipped)} file(s): " + "; ".join(f"{r} ({n})" for r, n in reasons.most_common()))
+        lines.append(f"skipped {plural(len(skipped), 'file')}: "
+                     + "; ".join(f"{r} ({n})" for r, n in reasons.most_common()))
         lines += [f"  {s['path']}: {s['reason']}" for s in skipped[:20]]
         if len(skipped) > 20:
             lines.append(f"  ... and {len(skipped) - 20} more")
     return "\n".join(lines)
 
 
-def _write_rows(out_csv: Path, columns: list[str], rows: list[dict], skipped: list[dict]) -> dict:
-    rows = sorted(rows, key=lambda r: (r["path"], int(r["index"]) if r.get("index") else -1))
+def _write_rows(out_csv: Path, columns: list[str], rows: list[dict], skipped: list[dict], sort: bool = True) -> dict:
+    if sort:
+        rows = sorted(rows, key=lambda r: (r["path"], int(r["index"]) if r.get("index") else -1))
     write_csv(out_csv, columns, rows)
     counts: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
@@ -589,10 +658,11 @@ def _hidden_reason(name: str) -> str | None:
 
 
 def _visible_dirs(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
-    """Subfolders; hidden ones are skipped and reported once, with the number of files inside."""
+    """Subfolders; hidden ones and mask folders are skipped and reported once, with the number of
+    files inside (a class folder is never named masks)."""
     out = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        reason = _hidden_reason(d.name)
+        reason = _hidden_reason(d.name) or _mask_folder_reason(d.name)
         if reason:
             skipped.append(_skip_dir(d, root, reason))
         else:
@@ -610,17 +680,19 @@ def _loose_files(folder: Path, root: Path, skipped: list[dict], out_csv: Path) -
 
 def _skip_dir(d: Path, root: Path, reason: str) -> dict:
     n = sum(len(fs) for _, _, fs in os.walk(d))
-    return _skip(d, root, f"{reason} folder ({n} files)", folder=True)
+    return _skip(d, root, f"{reason} folder ({plural(n, 'file')})", folder=True)
 
 
-def _walk_files(folder: Path, root: Path, skipped: list[dict], out_csv: Path | None = None) -> Iterable[Path]:
-    """Files under folder in sorted order; hidden files and folders are reported, not descended."""
+def _walk_files(folder: Path, root: Path, skipped: list[dict], out_csv: Path | None = None,
+                masks: bool = False) -> Iterable[Path]:
+    """Files under folder in sorted order; hidden files and folders (and with `masks`, folders of
+    segmentation masks) are reported, not descended."""
     out_resolved = Path(out_csv).resolve() if out_csv else None
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         keep = []
         for d in sorted(dirnames):
-            reason = _hidden_reason(d)
+            reason = _hidden_reason(d) or (_mask_folder_reason(d) if masks else None)
             if reason:
                 skipped.append(_skip_dir(here / d, root, reason))
             else:
@@ -651,6 +723,23 @@ def _image_reason(f: Path) -> str | None:
     if suffix not in NOT_DICOM and has_dicm_magic(f):
         return None
     return f"not an image ({suffix or 'no suffix'})"
+
+
+def _looks_like_split(name: str) -> bool:
+    """train_set, TrainData, Test-Images, validation2: a split word first, then at most a tail
+    such as set/data/images. A class that merely contains one (covid_test_positive) is not."""
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
+    return bool(words) and any(words[0] == w + tail for w in SPLIT_FOLDERS for tail in _SPLIT_TAILS)
+
+
+def _mask_reason(f: Path) -> str | None:
+    stem = f.name[: -len(f.suffix)] if f.suffix else f.name
+    m = MASK_NAME.search(stem)
+    return f"segmentation mask ({m.group(0)} in the name), not an image" if m else None
+
+
+def _mask_folder_reason(name: str) -> str | None:
+    return "segmentation masks" if name.lower() in MASK_FOLDERS else None
 
 
 def _skip(path: Path, root: Path, reason: str, folder: bool = False) -> dict:

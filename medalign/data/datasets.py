@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from medalign.data.manifest import Manifest, check_files, frame_index, read_manifest
+from medalign.data.manifest import Manifest, check_files, frame_index, read_manifest, slice_axis
 from medalign.data.preprocess_cache import PreprocessCache
 from medalign.data.readers import read_image, unreadable
 from medalign.errors import DataError
@@ -23,13 +23,16 @@ def load_rows(manifest_path: str | Path, splits: list[str] | str,
     """The rows of the given splits whose images exist and open, and the rows skipped (with why).
 
     on_error="fail" raises on the first bad file found, naming every bad one; "skip" drops them,
-    and the stage lists them in its output rather than losing them silently.
+    and the stage lists them in its output rather than losing them silently. The check is
+    `readers.unreadable`, the one `medalign manifest validate` runs too: a manifest that validates
+    loses no row here.
     """
     manifest = read_manifest(manifest_path)
     rows = manifest.select(splits)
     if on_error == "fail":
         check_files(manifest, rows)
-    bad = unreadable([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows])
+    bad = unreadable([manifest.image_path(r) for r in rows], [frame_index(manifest, r) for r in rows],
+                     [slice_axis(manifest, r) for r in rows])
     if bad and on_error == "fail":
         raise DataError(f"{len(bad)} unreadable image(s): "
                         + "; ".join(f"{manifest.image_path(rows[i])} ({why})" for i, why in bad))
@@ -101,5 +104,5 @@ class ImageDataset(Dataset):
         else:
             row = self.rows[i]
             image = read_image(self.manifest.image_path(row), self.channels, frame_index(self.manifest, row),
-                               **self.reader).transpose(1, 2, 0)
+                               axis=slice_axis(self.manifest, row), **self.reader).transpose(1, 2, 0)
         return self.transform(image), torch.tensor(self.targets[i])

@@ -1,13 +1,14 @@
 """The manifest: a CSV with one row per image, `path` relative to the manifest's folder.
 
-Optional columns: `label`, `split`, `patient_id`, `study_id`, `site`, `modality`, and any other
-metadata. See data_manifests/README.md for the contract. No torch here: fingerprints are taken by
-`medalign status`, which must start fast.
+Optional columns: `label`, `split`, `index` and `axis` (which frame or slice of `path`), `patient_id`,
+`study_id`, `site`, `modality`, and any other metadata. See data_manifests/README.md for the
+contract. No torch here: fingerprints are taken by `medalign status`, which must start fast.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +42,27 @@ class Manifest:
 
 
 def read_manifest(path: str | Path) -> Manifest:
+    """Reads a UTF-8 CSV (a byte-order mark, as Excel writes, is allowed); anything else, a binary
+    file given by mistake included, is a one-line DataError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"manifest {path}: not a UTF-8 text CSV (byte {e.start} is 0x{raw[e.start]:02x}); "
+                        "is it an image or a spreadsheet?") from None
+    if "\0" in text:
+        raise DataError(f"manifest {path}: holds NUL bytes, so it is not a text CSV")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         columns = tuple(reader.fieldnames or ())
         if "path" not in columns:
             raise DataError(f"manifest {path}: no 'path' column (columns: {list(columns) or 'none'})")
         rows = tuple({k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader)
+    except csv.Error as e:
+        raise DataError(f"manifest {path}: line {reader.line_num}: {e}") from None
     if not rows:
         raise DataError(f"manifest {path}: has no rows")
     blank = [i + 2 for i, r in enumerate(rows) if not r["path"]]
@@ -67,6 +80,16 @@ def frame_index(manifest: Manifest, row: dict[str, str]) -> int | None:
         return int(value)
     except ValueError:
         raise DataError(f"manifest {manifest.path}: index '{value}' of {row['path']} is not an integer") from None
+
+
+def slice_axis(manifest: Manifest, row: dict[str, str]) -> int | None:
+    """The optional `axis` column: the voxel axis a NIfTI row's `index` slices (empty: axis 2)."""
+    value = row.get("axis", "")
+    if not value:
+        return None
+    if value not in ("0", "1", "2"):
+        raise DataError(f"manifest {manifest.path}: axis '{value}' of {row['path']} is not 0, 1 or 2")
+    return int(value)
 
 
 def patient_splits(manifest: Manifest) -> dict[str, Counter]:
@@ -114,6 +137,11 @@ def fingerprint(path: str | Path) -> str:
         except FileNotFoundError:
             h.update(f"{row['path']}\0missing\n".encode())
     return h.hexdigest()
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 group', '2 groups': counts in messages read as English, not as '1 groups' or 'group(s)'."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _ranges(lines: list[int]) -> str:

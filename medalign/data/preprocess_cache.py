@@ -2,8 +2,9 @@
 
 A second epoch, or a second stage over the same manifest, then reads a slice of one array instead of
 decoding a DICOM (or PNG/NIfTI) again. What comes out of ``cache[i]`` is what
-``read_image(path, channels, index, window)`` resized to ``size x size`` (cv2 ``INTER_AREA``) and
-transposed to (H, W, C) would give, up to the quantisation below; augmentations run after it.
+``read_image(path, channels, index, window, percentiles, axis)`` resized to ``size x size`` (cv2
+``INTER_AREA``) and transposed to (H, W, C) would give, up to the quantisation below; augmentations
+run after it.
 
 On disk, in `root`::
 
@@ -12,9 +13,9 @@ On disk, in `root`::
 
 `key` is the digest (`medalign.config.digest`) of the manifest fingerprint
 (`medalign.data.manifest.fingerprint`: manifest bytes + every image's path, size and mtime), the
-rows' (path, index) list, channels, size, window and `FORMAT_VERSION`. Any change to those gives a
-new key, so a stale entry is never read. Old entries are left where they are (another stage may
-still use them); `prune(root, keep)` removes those not listed.
+rows' (path, index, axis) list, channels, size, window, percentiles and `FORMAT_VERSION`. Any change
+to those gives a new key, so a stale entry is never read. Old entries are left where they are
+(another stage may still use them); `prune(root, keep)` removes those not listed.
 
 Why uint16: half the bytes of float32 (a 224 px grayscale image is 98 KiB, 10k images 1 GiB), the
 rounding error is at most 0.5/65535 = 1/131070 (far below any augmentation's noise, and below one
@@ -42,7 +43,7 @@ import numpy as np
 
 from medalign.config import digest
 from medalign.data import readers
-from medalign.data.manifest import Manifest, fingerprint, frame_index
+from medalign.data.manifest import Manifest, fingerprint, frame_index, slice_axis
 from medalign.errors import DataError
 
 FORMAT_VERSION = 1
@@ -62,7 +63,7 @@ class PreprocessCache:
         self.manifest, self.rows = manifest, list(rows)
         self.channels, self.size, self.window = int(channels), int(size), window
         self.percentiles = list(percentiles) if percentiles is not None else None
-        self._entries = [(r["path"], frame_index(manifest, r)) for r in self.rows]
+        self._entries = [(r["path"], frame_index(manifest, r), slice_axis(manifest, r)) for r in self.rows]
         self.key = digest({
             "version": FORMAT_VERSION,
             "manifest": fingerprint(manifest.path),
@@ -108,8 +109,8 @@ class PreprocessCache:
         try:
             out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint16, shape=self.shape)
             step = max(1, n // 10)
-            for i, (rel, index) in enumerate(self._entries):
-                out[i] = quantise(self._decode(self.manifest.root / rel, index))
+            for i, (rel, index, axis) in enumerate(self._entries):
+                out[i] = quantise(self._decode(self.manifest.root / rel, index, axis))
                 if progress and ((i + 1) % step == 0 or i + 1 == n):
                     print(f"preprocess cache {self.key[:12]}: {i + 1}/{n} images, "
                           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
@@ -130,8 +131,8 @@ class PreprocessCache:
             raise
         self._mm = None  # a memmap of an older file (if any) is not this one
 
-    def _decode(self, path: Path, index: int | None) -> np.ndarray:
-        image = readers.read_image(path, self.channels, index, self.window, self.percentiles)
+    def _decode(self, path: Path, index: int | None, axis: int | None) -> np.ndarray:
+        image = readers.read_image(path, self.channels, index, self.window, self.percentiles, axis)
         return resize_hwc(image.transpose(1, 2, 0), self.size)
 
     # ------------------------------------------------------------------------------------------

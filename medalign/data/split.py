@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from medalign.data.build import rebase, write_csv
-from medalign.data.manifest import read_manifest
+from medalign.data.manifest import plural, read_manifest
 from medalign.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -139,9 +139,9 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
             short = {c: train_counts[c] for c in classes if train_counts[c] < item}
             if short:
                 c, n = next(iter(short.items()))
+                more = plural(len(short) - 1, "more class", "more classes")
                 raise DataError(f"{where}: few_shot k={item} needs {item} training images per class, but class "
-                                f"{c!r} has only {n} in train" + (f" (and {len(short) - 1} more class(es) short)"
-                                                                  if len(short) > 1 else ""))
+                                f"{c!r} has only {n} in train" + (f" (and {more} short)" if len(short) > 1 else ""))
             target = {c: item for c in classes}
         else:
             target = {c: max(1, round(item * train_counts[c])) for c in classes if train_counts[c]}
@@ -232,16 +232,17 @@ def _check_groups_per_value(idx, strat, gkey, n_needed, needing, where, stratify
     short = {v: len(g) for v, g in sorted(groups_of.items()) if len(g) < n_needed}
     if short:
         v, n = next(iter(short.items()))
-        unit = "groups" if stratify is None else f"{stratify} {v!r}"
-        raise DataError(f"{where}: {unit} has only {n} group(s) (patients) but the {n_needed} {needing} each need "
-                        f"one" + (f"; {len(short) - 1} more value(s) too" if len(short) > 1 else "")
+        subject = "the rows have" if stratify is None else f"{stratify} {v!r} has"
+        raise DataError(f"{where}: {subject} only {plural(n, 'group (patient)', 'groups (patients)')} but the "
+                        f"{n_needed} {needing} each need one"
+                        + (f"; {plural(len(short) - 1, 'more value')} too" if len(short) > 1 else "")
                         + "; merge or drop it, or ask for fewer")
 
 
 def _as_folds(f: float, n_groups: int, where: str) -> tuple[int, int]:
     """f as m of n folds (see the module docstring)."""
     if n_groups < 2:
-        raise DataError(f"{where}: only {n_groups} group(s) left to carve a split from")
+        raise DataError(f"{where}: only {plural(n_groups, 'group')} left to carve a split from")
     best = None
     for n in range(2, min(MAX_FOLDS, n_groups) + 1):
         m = min(max(1, round(f * n)), n - 1)

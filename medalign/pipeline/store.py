@@ -1,21 +1,41 @@
-"""Stage output folders: written under a temporary name, COMPLETE last, then renamed into place.
+"""Stage output folders: built in an in-progress folder, COMPLETE last, then renamed into place.
 
-A folder without COMPLETE never counts as output, so a crash leaves nothing half-written behind a
-valid name; its temporary folder is removed by the next run of the same key.
+For an output folder P the in-progress folder is P.parent/.partial-P.name and the lock file
+P.parent/.lock-P.name; both are named by the output (for keyed outputs, by the key), never by a
+process. A folder without COMPLETE never counts as output. An in-progress folder is kept when a run
+fails or is preempted: the stage's resume state (`resume/`) is in it and the next run adopts it.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 COMPLETE = "COMPLETE"
 
 
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".partial-{out.name}"
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".lock-{out.name}"
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
+
+
+def cached(out: Path, record: dict) -> dict | None:
+    """The metrics of `out` if it is a complete output of exactly `record`."""
+    try:
+        if is_complete(out) and json.loads((out / "key.json").read_text()) == record:
+            return json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):  # a damaged output is recomputed, not trusted
+        pass
+    return None
 
 
 def latest_complete(step_dir: Path) -> Path | None:
@@ -23,36 +43,23 @@ def latest_complete(step_dir: Path) -> Path | None:
     return max(done, key=lambda d: (d / COMPLETE).stat().st_mtime_ns, default=None)
 
 
-@contextmanager
-def staged(final: Path):
-    """Yields a temporary folder that becomes `final` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".tmp-{final.name}-*"):
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def progress(partial: Path) -> tuple[int, int] | None:
+    """(step, total_steps) an interrupted run's last checkpoint reached, from resume/progress.json."""
     try:
-        yield tmp
-        (tmp / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
-        if final.exists():  # replacing an old output: move it aside first, so `final` is never half there
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        p = json.loads((partial / "resume" / "progress.json").read_text())
+        return int(p["step"]), int(p["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+def publish(partial: Path, out: Path, metrics: dict) -> None:
+    """metrics.json, then COMPLETE, then the rename that makes `partial` the output `out`."""
+    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (partial / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    if out.exists():  # replacing an old output: move it aside first, so `out` is never half there
+        old = out.parent / f".old-{out.name}-{os.getpid()}"
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        partial.rename(out)

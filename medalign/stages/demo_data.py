@@ -1,6 +1,7 @@
 """demo-data: the synthetic image set the quickstart runs on."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from medalign.data.manifest import read_manifest
 
 
 def run(cfg: DemoDataConfig, out_dir: Path) -> dict:
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: every rank shares the folder; rank 0 writes it
+        return {}
     manifest = read_manifest(demo.generate(out_dir, **cfg.model_dump()))
     return {"images": len(manifest.rows), "manifest": manifest.path.name,
             "splits": dict(Counter(r["split"] for r in manifest.rows))}

@@ -62,7 +62,10 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     classes = class_names(manifest, train_rows)
     bb = backbones.resolve(cfg.backbone)
     common.record_built(out_dir, cfg, bb, rt)
-    model = adapters.apply(bb.create(num_classes=len(classes)), cfg.adapter)
+    model = bb.create(num_classes=len(classes))
+    for h in head_names(model):
+        _small_init(model.get_submodule(h))
+    model = adapters.apply(model, cfg.adapter)
     trainable, total = adapters.count_parameters(model)
 
     def data(rows: list[dict], transform):
@@ -97,6 +100,14 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
             "skipped_rows": write_skipped(out_dir, skipped + skipped_val) if rt.is_main else n_skipped,
             "best_epoch": best["epoch"], "val": best["metrics"], "trainable_params": trainable,
             "total_params": total, "trainable_fraction": trainable / total, "model": "model"}
+
+
+def _small_init(head: nn.Module) -> None:
+    """A new head starts near zero, as MAE's and DINO's probes do: timm's from-scratch init (0.7 wide
+    for EfficientNet) on frozen 1280-d features gives logits in the tens and a first epoch of noise."""
+    if isinstance(head, nn.Linear):
+        nn.init.trunc_normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
 def _validate(model: nn.Module, val: DataLoader, rt: engine.Runtime, classes: list[str]) -> dict:

@@ -8,8 +8,9 @@ not a known image suffix, as PACS exports often have no extension or a numeric o
   then the file's VOI LUT or Window Center/Width, or an explicit CT `window` instead; MONOCHROME1
   inverted so that high output values are bright; multi-frame (`index` = frame); RGB, YBR and
   PALETTE COLOR to RGB.
-- NIfTI (``.nii``, ``.nii.gz``) through nibabel: one slice along voxel axis 2, shown as a radiology
-  viewer shows it (see `nifti._radiological_view`), percentile-scaled.
+- NIfTI (``.nii``, ``.nii.gz``) through nibabel: one slice along voxel axis `axis` (default 2, the
+  manifest's `axis` column), shown as a radiology viewer shows it (see `nifti._radiological_view`),
+  percentile-scaled.
 - ``.npz`` holding exactly one image array (N, H, W) or (N, H, W, C) / (N, C, H, W): `index` = row.
 
 `read_header` returns a fixed list of non-identifying DICOM tags (plus PatientID, which
@@ -21,8 +22,10 @@ pydicom and nibabel are imported inside the functions that need them, so importi
 (and the CLI) does not pay for them. Every failure is a `DataError` with one line naming the file.
 
 One module per format (`pillow`, `dicom`, `nifti`, `npz`), each with `read(path, index, window)` and
-`verify(path, index)`; `_scaling` holds the window and min-max scaling that several formats share,
-`_errors` the internal failure type `_Bad` (medalign.errors.one_line words library exceptions).
+`verify(path, index)` (NIfTI's take the slicing `axis` too); `_scaling` holds the window and min-max
+scaling that several formats share, `_errors` the internal failure type `_Bad`
+(medalign.errors.one_line words library exceptions). `unreadable` runs the formats' `verify`: it is
+the one readability check, used by the stages before training and by `medalign manifest validate`.
 """
 from __future__ import annotations
 
@@ -82,11 +85,13 @@ def read_image(
     index: int | None = None,
     window: str | tuple[float, float] | None = None,
     percentiles: tuple[float, float] | None = None,
+    axis: int | None = None,
 ) -> np.ndarray:
     """Decodes an image to float32 (channels, H, W) in [0, 1].
 
-    `index`: DICOM frame (default 0), NIfTI slice along voxel axis 2 (default: the middle slice),
-    npz row (default 0), TIFF/GIF page (default 0). `window`: a `CT_WINDOWS` preset name or a
+    `index`: DICOM frame (default 0), NIfTI slice along voxel `axis` (default 2; index default: the
+    middle slice), npz row (default 0), TIFF/GIF page (default 0). `axis` is for NIfTI only; any
+    other format refuses it. `window`: a `CT_WINDOWS` preset name or a
     (centre, width) tuple in the units after the Modality LUT (HU for CT); it replaces the file's
     own VOI for grayscale DICOM and the percentile scaling for NIfTI. Images that are already
     display values (PNG/JPEG/npz, colour DICOM) ignore it. `percentiles` (low, high): clip the
@@ -94,12 +99,16 @@ def read_image(
     """
     path = Path(path)
     win = _resolve_window(window)
-    index = _check_index(index)
+    index, axis = _check_index(index), _check_axis(axis)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     kind = _kind(path)
     try:
-        array = _FORMATS[kind].read(path, index, win)
+        if kind == "nifti":
+            array = nifti.read(path, index, win, axis)
+        else:
+            _no_axis(kind, axis)
+            array = _FORMATS[kind].read(path, index, win)
     except _Bad as e:
         raise DataError(f"cannot read {_KIND_NAMES[kind]} {path}: {e}") from None
     except MemoryError:
@@ -145,31 +154,41 @@ def read_header(path: str | Path) -> dict[str, str | int]:
         raise DataError(f"cannot read DICOM header {path}: {one_line(e)}") from None
 
 
-def verify_images(paths: list[Path], indices: list[int | None] | None = None) -> None:
+def verify_images(paths: list[Path], indices: list[int | None] | None = None,
+                  axes: list[int | None] | None = None) -> None:
     """Checks every image before training starts and names every unreadable one, all at once."""
-    bad = unreadable(paths, indices)
+    bad = unreadable(paths, indices, axes)
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s): " + "; ".join(f"{paths[i]} ({why})" for i, why in bad))
 
 
-def unreadable(paths: list[Path], indices: list[int | None] | None = None) -> list[tuple[int, str]]:
+def unreadable(paths: list[Path], indices: list[int | None] | None = None,
+               axes: list[int | None] | None = None) -> list[tuple[int, str]]:
     """(position, reason) of every path that will not read, without decoding pixels where avoidable.
 
-    Cheap where the library allows: Pillow's `verify`, DICOM headers with the pixel data deferred
-    (frame count, a decoder for the transfer syntax, and for uncompressed data that the file holds
-    all the bytes the header promises), NIfTI headers (slice count; data size for .nii), npz array
-    headers. `indices[i]` is the index `read_image` will be called with for `paths[i]`.
+    Cheap where the library allows: PNG chunks and their CRCs (Pillow's `verify`), other Pillow
+    formats decoded (JPEG at 1/8 scale), DICOM headers with the pixel data deferred (frame count, a
+    decoder for the transfer syntax, and for uncompressed data that the file holds all the bytes
+    the header promises), NIfTI headers (slice count along the axis; data size for .nii), npz array
+    headers. `indices[i]` and `axes[i]` are what `read_image` will be called with for `paths[i]`.
     """
-    if indices is not None and len(indices) != len(paths):
-        raise ValueError(f"unreadable: {len(paths)} paths but {len(indices)} indices")
+    for name, values in (("indices", indices), ("axes", axes)):
+        if values is not None and len(values) != len(paths):
+            raise ValueError(f"unreadable: {len(paths)} paths but {len(values)} {name}")
     bad = []
     for i, p in enumerate(paths):
         p = Path(p)
         try:
             idx = _check_index(None if indices is None else indices[i])
+            axis = _check_axis(None if axes is None else axes[i])
             if not p.is_file():
                 raise _Bad("not found")
-            _FORMATS[_kind(p)].verify(p, idx)
+            kind = _kind(p)
+            if kind == "nifti":
+                nifti.verify(p, idx, axis)
+            else:
+                _no_axis(kind, axis)
+                _FORMATS[kind].verify(p, idx)
         except (DataError, _Bad) as e:
             bad.append((i, str(e)))
         except MemoryError:
@@ -181,6 +200,11 @@ def unreadable(paths: list[Path], indices: list[int | None] | None = None) -> li
 
 # ----------------------------------------------------------------------------------------------
 # dispatch and arguments
+
+
+def image_format(path: str | Path) -> str:
+    """Which reader takes `path`: "pillow", "dicom", "nifti" or "npz" (suffix, else the DICM magic)."""
+    return _kind(Path(path))
 
 
 def _kind(path: Path) -> str:
@@ -237,6 +261,20 @@ def _check_index(index) -> int | None:
     if index < 0:
         raise DataError(f"index must be >= 0, got {index}")
     return index
+
+
+def _check_axis(axis) -> int | None:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (0, 1, 2):
+        raise DataError(f"axis must be 0, 1 or 2 (a NIfTI volume's voxel axis) or None, got {axis!r}")
+    return int(axis)
+
+
+def _no_axis(kind: str, axis: int | None) -> None:
+    # A slicing axis on a 2D file or a DICOM frame is a manifest mix-up, not something to ignore.
+    if axis is not None:
+        raise _Bad(f"an axis ({axis}) applies to NIfTI volumes only, not to a {_KIND_NAMES[kind]} file")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def _check_frame(ds, index: int | None) -> int:
     n = _n_frames(ds)
     k = 0 if index is None else index
     if k >= n:
-        raise _Bad(f"frame index {k} out of range: the file has {n} frame(s)")
+        raise _Bad(f"frame index {k} out of range: the file has {n} frame{'' if n == 1 else 's'}")
     return k
 
 

@@ -45,7 +45,7 @@ def _npz_row(shape: tuple[int, ...], index: int | None) -> int:
     n = shape[0]
     k = 0 if index is None else index
     if k >= n:
-        raise _Bad(f"row index {k} out of range: the array has {n} rows")
+        raise _Bad(f"row index {k} out of range: the array has {n} row{'' if n == 1 else 's'}")
     return k
 
 

@@ -1,0 +1,20 @@
+"""benchmarks/RESULTS.md is shared by every benchmark script: each replaces its own section only."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def update_section(heading: str, section: str, results: Path = RESULTS) -> None:
+    """Replaces the section under `heading` (up to the next `## `), or appends it; atomic."""
+    text = results.read_text() if results.is_file() else "# Benchmark results\n\n"
+    pattern = re.compile(r"^" + re.escape(heading) + r"[^\n]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(text.rstrip("\n") + "\n")
+    tmp.replace(results)
