@@ -38,12 +38,15 @@ def _run(stage: str, out, *overrides: str) -> dict:
 
 @pytest.fixture
 def start(tmp_path):
-    """A test_resnet checkpoint whose BatchNorm statistics are far from their initial 0 and 1."""
+    """A test_resnet checkpoint whose BatchNorm statistics are not their initial 0 and 1 (a train-mode
+    forward would move them), yet leave it features: a mean far above 0 would silence every ReLU."""
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", in_chans=1, num_classes=0)
     with torch.no_grad():
         for name, buf in model.named_buffers():
-            if "running_" in name:
+            if "running_mean" in name:
+                buf.uniform_(-0.1, 0.1)
+            elif "running_var" in name:
                 buf.uniform_(0.5, 2.0)
     cfg = BackboneConfig(**RESNET)
     bb = backbones.resolve(cfg)
@@ -74,8 +77,12 @@ def test_linear_probe_leaves_the_backbone_bit_identical(demo_set, start, tmp_pat
     assert set(after) == set(before) | {"fc.weight", "fc.bias"}
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
-    fresh = timm.create_model("test_resnet", in_chans=1, num_classes=2).fc.weight
-    assert not torch.equal(after["fc.weight"], fresh)
+    untrained = tmp_path / "untrained"  # the same run at a learning rate that moves nothing
+    _run("finetune", untrained, f"data.manifest={demo_set}", f"backbone.checkpoint={start}", "adapter.name=linear",
+         "backbone.img_size=32", f"augment.enabled={augment}", "data.batch_size=4", "optim.epochs=2",
+         "optim.lr=1e-12")
+    head_start = load_file(str(untrained / "model" / "model.safetensors"))["fc.weight"]
+    assert (after["fc.weight"] - head_start).abs().max() > 0.01  # the head did train
     assert metrics["trainable_params"] == after["fc.weight"].numel() + after["fc.bias"].numel()
 
 
@@ -198,3 +205,30 @@ def test_evaluate_writes_one_prediction_per_row_with_its_probabilities(demo_set,
         assert p["prediction"] == max(probs, key=probs.get)
     right = sum(p["prediction"] == p["label"] for p in preds)
     assert metrics["accuracy"] == pytest.approx(right / len(preds))
+
+
+def test_a_head_trained_for_the_same_classes_is_kept_a_foreign_one_starts_near_zero(demo_set, start, tmp_path):
+    args = [f"data.manifest={demo_set}", "adapter.name=linear", "backbone.img_size=32", "augment.enabled=false",
+            "data.batch_size=4", "optim.epochs=1"]
+    _run("finetune", tmp_path / "a", *args, f"backbone.checkpoint={start}", "optim.lr=0.05")
+    first = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))["fc.weight"]
+    _run("finetune", tmp_path / "b", *args, f"backbone.checkpoint={tmp_path / 'a'}", "optim.lr=1e-12")
+    again = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))["fc.weight"]
+    torch.testing.assert_close(again, first)  # continued, not replaced
+    _run("finetune", tmp_path / "c", *args, f"backbone.checkpoint={start}", "optim.lr=1e-12")
+    fresh = load_file(str(tmp_path / "c" / "model" / "model.safetensors"))["fc.weight"]
+    assert fresh.std() < 0.02 and (fresh - first).abs().max() > 1e-3  # the near-zero start, untrained
+
+
+@pytest.mark.parametrize("backbone", [["backbone.name=test_resnet"], ["backbone.name=test_vit", "backbone.kwargs.patch_size=8"]])
+def test_dino_asks_the_model_whether_it_takes_the_local_crop_size(demo_set, backbone):
+    """A CNN takes any size; a ViT gets timm's dynamic_img_size: both train on 32 and 16 px crops."""
+    from medalign import ssl
+    cfg = config.load(config.PretrainConfig, None, [f"data.manifest={demo_set}", *backbone, "backbone.img_size=32",
+                                                    "method.out_dim=16", "method.hidden_dim=8",
+                                                    "method.bottleneck_dim=4", "method.n_local_crops=1"])
+    objective, views = ssl.build(cfg.method, cfg, backbones.resolve(cfg.backbone))
+    images = [views(np.random.rand(40, 40, 1).astype("float32")) for _ in range(2)]
+    assert [c.shape[-1] for c in images[0]] == [32, 32, 16]
+    out = objective(([torch.stack(v) for v in zip(*images)], None))
+    assert torch.isfinite(out["loss"])

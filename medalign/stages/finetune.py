@@ -63,8 +63,9 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     bb = backbones.resolve(cfg.backbone)
     common.record_built(out_dir, cfg, bb, rt)
     model = bb.create(num_classes=len(classes))
-    for h in head_names(model):
-        _small_init(model.get_submodule(h))
+    if not (bb.meta and bb.meta.get("classes") == classes):  # a head trained for exactly these classes stays
+        for h in head_names(model):
+            _small_init(model.get_submodule(h))
     model = adapters.apply(model, cfg.adapter)
     trainable, total = adapters.count_parameters(model)
 
