@@ -358,6 +358,14 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def peak_memory_mib(rt: Runtime) -> float:
+    """CUDA's peak allocation, or on the CPU the process's peak resident set (Linux: KiB)."""
+    if rt.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(rt.device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: DataLoader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and targets over a whole loader."""

@@ -3,10 +3,11 @@
 loading.py   YAML + overrides -> validated model; semantic (the cache's view), digest, dump, describe
 sections.py  sections the stages share (backbone, optim, augment, runtime, intensity, data)
 ssl.py       one config per SSL method (registry METHODS)
-adapters.py  one config per fine-tuning adapter (registry ADAPTERS)
+adapters.py  one config per fine-tuning adapter (ADAPTERS) and pretraining tuning (TUNINGS)
 stages.py    one config per stage (registry STAGES), with the method and adapter unions
 """
-from medalign.config.adapters import ADAPTERS, FullAdapter, LinearAdapter, LoraAdapter
+from medalign.config.adapters import (ADAPTERS, TUNINGS, AplaTuning, BitFitTuning, ExploraTuning, FrozenTuning,
+                                      FullAdapter, LinearAdapter, LoraAdapter)
 from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, load,
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
@@ -16,7 +17,7 @@ from medalign.config.stages import (STAGES, DemoDataConfig, EvaluateConfig, Fine
                                     Stage)
 
 __all__ = [
-    "ADAPTERS", "METHODS", "STAGES", "AugmentConfig", "BackboneConfig", "CTWindow", "DataSection",
+    "ADAPTERS", "METHODS", "STAGES", "TUNINGS", "AplaTuning", "BitFitTuning", "ExploraTuning", "FrozenTuning", "AugmentConfig", "BackboneConfig", "CTWindow", "DataSection",
     "DemoDataConfig", "DinoConfig", "EvaluateConfig", "FinetuneConfig", "FullAdapter", "Intensity",
     "LinearAdapter", "LoraAdapter", "OptimConfig", "PretrainConfig", "Runtime", "Section", "SimCLRConfig",
     "Stage", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump", "load", "read_yaml", "semantic",

@@ -31,3 +31,42 @@ class LoraAdapter(Section):
 class FullAdapter(Section):
     """Every weight trains: the reference the adapters are measured against."""
     name: Literal["full"] = "full"
+
+
+# -- which weights train during continued pretraining: the adapters where they coincide ----------
+
+TUNINGS: Registry[type[Section]] = Registry("tuning")
+TUNINGS.register("full")(FullAdapter)
+TUNINGS.register("lora")(LoraAdapter)
+
+
+@TUNINGS.register("frozen")
+class FrozenTuning(Section):
+    """The first `blocks` blocks (ViT) or stages (CNN), and the stem before them, stay frozen."""
+    name: Literal["frozen"] = "frozen"
+    blocks: int = Field(..., ge=0)
+
+
+@TUNINGS.register("apla")
+class AplaTuning(Section):
+    """APLA (Sorkhei et al. 2025): in every attention block only the output projection trains, all of
+    it (r: null, the ESSA recipe) or r of its output rows, drawn once per block from the seed."""
+    name: Literal["apla"] = "apla"
+    r: int | None = Field(None, ge=1, description="output rows trained per block; null: the whole projection")
+
+
+@TUNINGS.register("explora")
+class ExploraTuning(Section):
+    """ExPLoRA (Khanna et al. 2025): the last `unfrozen_blocks` blocks and every norm train, LoRA elsewhere."""
+    name: Literal["explora"] = "explora"
+    unfrozen_blocks: int = Field(1, ge=0)
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["qkv"]
+
+
+@TUNINGS.register("bitfit")
+class BitFitTuning(Section):
+    """Biases and norm layers only (a CNN's BatchNorm then follows the new domain, its filters stay)."""
+    name: Literal["bitfit"] = "bitfit"

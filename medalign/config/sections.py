@@ -13,6 +13,8 @@ class BackboneConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="extra timm.create_model arguments, e.g. {patch_size: 8}")
     pretrained: bool = Field(False, description="download timm's pretrained weights (needs internet)")
+    weights: str | None = Field(None, description="a named offline starting point from an installed package "
+                                "(`medalign weights` lists them); sets the architecture")
     checkpoint: str | None = Field(None, description="local weights: a medalign checkpoint folder or "
                                    "stage output, or a .safetensors/.pth file in timm layout")
     in_chans: int = Field(1, description="input channels; grayscale stays 1 unless the weights need 3")

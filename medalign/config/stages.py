@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from medalign.config.adapters import ADAPTERS, LoraAdapter
+from medalign.config.adapters import ADAPTERS, TUNINGS, FullAdapter, LoraAdapter
 from medalign.config.loading import Section, tagged_union
 from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, OptimConfig, Runtime,
                                       TrainingData)
@@ -54,6 +54,7 @@ class DemoDataConfig(Section):
 
 SSLMethod = tagged_union(METHODS)
 Adapter = tagged_union(ADAPTERS)
+Tuning = tagged_union(TUNINGS)
 
 
 class PretrainData(TrainingData):
@@ -67,6 +68,7 @@ class PretrainConfig(Section):
     seed: int = 0
     backbone: BackboneConfig = BackboneConfig()
     method: SSLMethod = DinoConfig()
+    tuning: Tuning = FullAdapter()
     data: PretrainData
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()

@@ -35,6 +35,9 @@ class Backbone:
     weights: Path | None = None  # a local weights file
     pretrained: bool = False  # timm's hub weights
     meta: dict | None = None  # the weights' model.json
+    starting_point: dict | None = None  # a named offline start: name, package, version, sha256, licence
+    tuning: object | None = None  # a pretraining `tuning` config, applied to every network created
+    tuning_seed: int = 0
 
     @property
     def arch(self) -> dict:
@@ -55,14 +58,26 @@ class Backbone:
         model = _build(self.name, self.img_size, kwargs, pretrained=False)
         if self.weights:
             load_into(model, checkpoint.load_state_dict(self.weights), self.weights)
+        if self.tuning is not None:
+            from medalign.models import tuning
+
+            model = tuning.apply(model, self.tuning, self.tuning_seed)
         return model
 
 
 def resolve(cfg: BackboneConfig) -> Backbone:
     """The checkpoint's model.json, when there is one, decides architecture and normalisation, so
     every stage downstream builds and normalises as pretraining did."""
+    if cfg.weights and cfg.checkpoint:
+        raise ConfigError("backbone.weights and backbone.checkpoint are both set: choose one starting point")
     weights, meta = checkpoint.locate(cfg.checkpoint) if cfg.checkpoint else (None, None)
     name, kwargs, in_chans = cfg.name, dict(cfg.kwargs), cfg.in_chans
+    start = meta.get("starting_point") if meta else None
+    if cfg.weights:
+        from medalign.models import weights as named  # imports timm's model files only when asked
+
+        found = named.locate(cfg.weights)
+        weights, name, kwargs, start = found.file, found.model, {**found.kwargs, **kwargs}, found.record
     if meta:
         a = meta["architecture"]
         if (a["name"], a["kwargs"], a["in_chans"]) != (name, kwargs, in_chans):
@@ -71,7 +86,8 @@ def resolve(cfg: BackboneConfig) -> Backbone:
         name, kwargs, in_chans = a["name"], dict(a["kwargs"]), a["in_chans"]
     norm = meta["normalization"] if meta and "normalization" in meta else _normalization(name, in_chans)
     return Backbone(name, kwargs, in_chans, cfg.img_size, norm["mean"], norm["std"], weights,
-                    pretrained=cfg.pretrained and not cfg.checkpoint, meta=meta)
+                    pretrained=cfg.pretrained and not (cfg.checkpoint or cfg.weights), meta=meta,
+                    starting_point=start)
 
 
 def create(cfg: BackboneConfig, num_classes: int = 0, **extra) -> torch.nn.Module:

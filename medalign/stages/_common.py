@@ -57,6 +57,8 @@ def record_built(out_dir: Path, cfg: config.Section, bb: Backbone, rt: engine.Ru
 
 
 def metadata(bb: Backbone, cfg: config.Section, out_dir: Path, **extra) -> dict:
+    if bb.starting_point:
+        extra["starting_point"] = bb.starting_point
     return checkpoint.metadata(bb.arch, bb.img_size, bb.normalization,
                                intensity=cfg.data.intensity.model_dump(mode="json"),
                                data_fingerprint=fingerprint(cfg.data.manifest),

@@ -1,13 +1,14 @@
 """pretrain: continued self-supervised pretraining of a timm backbone on unlabeled images."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from medalign import config, engine, ssl
 from medalign.data.datasets import write_skipped
 from medalign.errors import ConfigError
-from medalign.models import backbones, checkpoint
+from medalign.models import adapters, backbones, checkpoint, tuning
 from medalign.stages import _common as common
 
 log = logging.getLogger(__name__)
@@ -26,16 +27,24 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     bb = backbones.resolve(cfg.backbone)
     common.record_built(out_dir, cfg, bb, rt)
 
+    # every network the method builds (student, EMA teacher) gets the same tuning
+    bb = dataclasses.replace(bb, tuning=cfg.tuning, tuning_seed=cfg.seed)
+    trainable, total = adapters.count_parameters(dataclasses.replace(bb, weights=None, pretrained=False).create())
     objective, views = ssl.build(cfg.method, cfg, bb)
     dataset = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, views.reseed(cfg.seed + rt.rank), bb)
     history = engine.fit(objective, common.loader(dataset, cfg.data, cfg, rt, train=True), cfg.optim, rt,
                          out_dir, desc="pretrain")
 
     if rt.is_main:
-        checkpoint.save(out_dir / "checkpoint", objective.backbone().state_dict(),
-                        common.metadata(bb, cfg, out_dir, num_classes=0, ssl_method=cfg.method.name))
+        net = objective.backbone()
+        if hasattr(net, "save_pretrained"):  # peft's own layout, to load the adapter alone
+            net.save_pretrained(str(out_dir / "adapter"))
+        meta = common.metadata(bb, cfg, out_dir, num_classes=0, ssl_method=cfg.method.name,
+                               tuning=cfg.tuning.model_dump(mode="json"))
+        checkpoint.save(out_dir / "checkpoint", tuning.merged(net).state_dict(), meta)
     last = history[-1]
     return {"images": len(dataset), "skipped_rows": write_skipped(out_dir, skipped) if rt.is_main else len(skipped),
             "epochs": cfg.optim.epochs, "final_loss": last["loss"], "embedding_std": last["embedding_std"],
-            "seconds": last["elapsed_s"], "img_per_s": len(dataset) * cfg.optim.epochs / last["elapsed_s"],
-            "checkpoint": "checkpoint"}
+            "trainable_params": trainable, "backbone_params": total, "trainable_fraction": trainable / total,
+            "peak_memory_mib": engine.peak_memory_mib(rt), "seconds": last["elapsed_s"],
+            "img_per_s": len(dataset) * cfg.optim.epochs / last["elapsed_s"], "checkpoint": "checkpoint"}
