@@ -73,7 +73,6 @@ def logistic_regression(run: Path, data: Path, subset: str) -> dict:
     from medalign import config, engine
     from medalign.models import backbones
     from medalign.stages import _common as common
-    from medalign.stages.finetune import _features
 
     model, bb = backbones.load_classifier(run)
     cfg = config.load(config.FinetuneConfig, None, [f"data.manifest={data}"])
@@ -83,7 +82,7 @@ def logistic_regression(run: Path, data: Path, subset: str) -> dict:
     for split in ("train", "val", "test"):
         manifest_, rows, _ = common.rows(cfg.data, split, subset if split == "train" else None)
         ds = common.dataset(manifest_, rows, cfg.data, cfg.data.intensity, view, bb, bb.meta["classes"])
-        f = _features(model, common.loader(ds, cfg.data, cfg, rt, train=False), rt)
+        f = common.features(model, common.loader(ds, cfg.data, cfg, rt, train=False), rt)
         feats[split] = (f.tensors[0].numpy(), f.tensors[1].numpy())
     best = max((roc_auc_score(feats["val"][1], LogisticRegression(C=c, max_iter=5000).fit(*feats["train"])
                               .predict_proba(feats["val"][0])[:, 1]), c) for c in np.logspace(-3, 2, 11))

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -174,11 +175,12 @@ def _timm_models(objective: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader], optim: config.OptimConfig,
-        rt: Runtime, out_dir: Path, desc: str) -> list[dict]:
+        rt: Runtime, out_dir: Path, desc: str, monitor: Callable[[int], dict] | None = None) -> list[dict]:
     """Trains `objective` in place, resuming from `out_dir/resume` if an earlier run left state there.
 
     With a dict of loaders each step's batch is a dict of their batches; the first loader defines
-    the epoch and the others cycle. Returns one summary per epoch (means of the logged scalars).
+    the epoch and the others cycle. `monitor(epoch)`, a stage's own measurement (pretrain's k-NN),
+    adds its scalars to the epoch summary. Returns one summary per epoch (means of the logged scalars).
     """
     streams = {name: Stream(d) for name, d in (loaders.items() if isinstance(loaders, dict) else [("", loaders)])}
     main = next(iter(streams.values()))
@@ -279,7 +281,8 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
             if step % steps_per_epoch == 0:
                 summary = {"epoch": epoch, "step": step, "elapsed_s": elapsed_now(),
                            **{k: v / steps_per_epoch for k, v in sums.items()},
-                           **(objective.on_epoch_end(epoch) if hasattr(objective, "on_epoch_end") else {})}
+                           **(objective.on_epoch_end(epoch) if hasattr(objective, "on_epoch_end") else {}),
+                           **(monitor(epoch) if monitor else {})}
                 history.append(summary)
                 sums = {}
                 model.train()  # on_epoch_end may have evaluated

@@ -232,3 +232,32 @@ def test_dino_asks_the_model_whether_it_takes_the_local_crop_size(demo_set, back
     assert [c.shape[-1] for c in images[0]] == [32, 32, 16]
     out = objective(([torch.stack(v) for v in zip(*images)], None))
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("preset", ["xray", "ultrasound", "ct", "mr"])
+def test_augment_presets_keep_one_channel_and_differ_where_they_should(preset):
+    from medalign.data.transforms import train_view
+    aug = config.AugmentConfig(preset=preset, crop_scale=(1.0, 1.0), brightness_contrast=0.0, blur_p=0.0,
+                               noise_p=0.0)
+    view = train_view(32, aug, [0.5], [0.5])
+    view.set_random_seed(0)
+    image = np.zeros((32, 32, 1), dtype="float32")
+    image[:8] = 1.0  # a bright band at the top: a vertical flip moves it to the bottom
+    outs = [view(image=image)["image"] for _ in range(20)]
+    assert all(o.shape == (1, 32, 32) for o in outs)
+    flipped = any(o[0, -4:].mean() > o[0, :4].mean() for o in outs)
+    assert flipped == (preset == "ultrasound")
+    names = [type(t).__name__ for t in view.transforms]
+    assert ("Affine" in names) == (preset in ("ct", "mr")) and ("RandomGamma" in names) == (preset == "mr")
+
+
+def test_pretrain_monitor_logs_knn_each_epoch_and_warns_on_collapse(demo_set, tmp_path, caplog):
+    out = tmp_path / "pre"
+    with caplog.at_level(logging.WARNING):
+        metrics = _run("pretrain", out, f"data.manifest={demo_set}", *PRETRAIN, "optim.epochs=2",
+                       f"monitor.manifest={demo_set}", "monitor.k=3", "monitor.collapse_below=1000")
+    summaries = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"summary"' in x]
+    assert [s["epoch"] for s in summaries] == [0, 1]
+    assert all(0 <= s["knn_auroc"] <= 1 and 0 <= s["knn_accuracy"] <= 1 for s in summaries)
+    # a threshold no network meets: every epoch is reported, in metrics and as a warning
+    assert metrics["collapsed_epochs"] == [0, 1] and "features are collapsing" in caplog.text

@@ -11,14 +11,14 @@ from medalign.config.adapters import (ADAPTERS, TUNINGS, AplaTuning, BitFitTunin
 from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, load,
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
-                                      OptimConfig, Runtime, TrainingData)
+                                      MonitorConfig, OptimConfig, Runtime, TrainingData)
 from medalign.config.ssl import METHODS, DinoConfig, SimCLRConfig
-from medalign.config.stages import (STAGES, DemoDataConfig, EvaluateConfig, FinetuneConfig, PretrainConfig,
-                                    Stage)
+from medalign.config.stages import (STAGES, Candidate, DemoDataConfig, EstimateConfig, EvaluateConfig,
+                                    FinetuneConfig, PretrainConfig, Stage)
 
 __all__ = [
     "ADAPTERS", "METHODS", "STAGES", "TUNINGS", "AplaTuning", "BitFitTuning", "ExploraTuning", "FrozenTuning", "AugmentConfig", "BackboneConfig", "CTWindow", "DataSection",
-    "DemoDataConfig", "DinoConfig", "EvaluateConfig", "FinetuneConfig", "FullAdapter", "Intensity",
+    "Candidate", "DemoDataConfig", "DinoConfig", "EstimateConfig", "EvaluateConfig", "MonitorConfig", "FinetuneConfig", "FullAdapter", "Intensity",
     "LinearAdapter", "LoraAdapter", "OptimConfig", "PretrainConfig", "Runtime", "Section", "SimCLRConfig",
     "Stage", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump", "load", "read_yaml", "semantic",
     "validate",

@@ -165,6 +165,8 @@ def digest(obj: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):  # configs inside lists (estimate's candidates)
+        return semantic(value)
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -185,6 +187,8 @@ def describe(cls: type[BaseModel], prefix: str = "", tag: str = "") -> list[str]
             lines += describe(ann, key + ".", tag)
             continue
         members = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if members and getattr(ann, "__origin__", None) is list:  # a list of sections: one line, its doc says
+            members = []
         if members:
             tags = [m.model_fields["name"].default for m in members]
             lines.append(f"  {key}.name  (default {field.default.name!r})  one of {', '.join(tags)}")

@@ -36,8 +36,11 @@ class OptimConfig(Section):
 class AugmentConfig(Section):
     """Intensity and geometry augmentation; colour jitter is left out on purpose (grayscale)."""
     enabled: bool = Field(True, description="false: the evaluation view only")
+    preset: Literal["xray", "ultrasound", "ct", "mr"] = Field(
+        "xray", description="modality: xray (no flips: anatomy is lateralised), ultrasound (vertical flips, "
+                            "multiplicative speckle), ct / mr slices (small rotations; mr adds gamma for coil shading)")
     crop_scale: tuple[float, float] = Field((0.4, 1.0), description="RandomResizedCrop area range")
-    hflip: bool = Field(False, description="left-right flips; off by default since anatomy is lateralised")
+    hflip: bool = Field(False, description="left-right flips (any preset); off by default since anatomy is lateralised")
     brightness_contrast: float = Field(0.3, ge=0, description="max brightness/contrast change")
     blur_p: float = Field(0.3, ge=0, le=1)
     noise_p: float = Field(0.3, ge=0, le=1)
@@ -86,3 +89,14 @@ class DataSection(Section):
 class TrainingData(DataSection):
     """Stages that train choose the intensity handling; evaluation reuses the model's own."""
     intensity: Intensity = Intensity()
+
+
+class MonitorConfig(Section):
+    """While pretraining: k-NN on frozen features of a labeled manifest after every epoch (log.jsonl),
+    and a warning when the label-free collapse signal (embedding_std x sqrt(dim), ~1 healthy) sinks."""
+    manifest: str | None = Field(None, description="labeled manifest for the k-NN monitor (null: off)")
+    bank_split: str = "train"
+    eval_split: str = "val"
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.1, gt=0)
+    collapse_below: float = Field(0.2, ge=0, description="warn when embedding_std x sqrt(dim) falls below this")

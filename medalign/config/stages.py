@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medalign.config.adapters import ADAPTERS, TUNINGS, FullAdapter, LoraAdapter
 from medalign.config.loading import Section, tagged_union
-from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, OptimConfig, Runtime,
-                                      TrainingData)
+from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, MonitorConfig, OptimConfig,
+                                      Runtime, TrainingData)
 from medalign.config.ssl import METHODS, DinoConfig
 from medalign.registry import Registry
 
@@ -70,12 +71,14 @@ class PretrainConfig(Section):
     method: SSLMethod = DinoConfig()
     tuning: Tuning = FullAdapter()
     data: PretrainData
+    monitor: MonitorConfig = MonitorConfig()
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     runtime: Runtime = Runtime()
 
     def inputs(self) -> dict[str, str | None]:
-        return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint}
+        return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint,
+                "monitor.manifest": self.monitor.manifest}
 
 
 class FinetuneData(TrainingData):
@@ -125,3 +128,48 @@ class EvaluateConfig(Section):
 
     def inputs(self) -> dict[str, str | None]:
         return {"model": self.model, "data.manifest": self.data.manifest}
+
+
+# the scores `estimate` knows, in the order of its table (medalign.metrics.transferability)
+TRANSFERABILITY_SCORES = ("knn", "linear", "logme", "leep", "nleep", "nce", "hscore", "gbc")
+
+
+class Candidate(Section):
+    name: str = Field(..., description="the candidate's row label in estimate.csv")
+    backbone: BackboneConfig
+
+
+class EstimateData(TrainingData):
+    train_split: str = Field("train", description="the rows that fit the scores (k-NN bank, probe, LogME...)")
+    eval_split: str = Field("val", description="the rows k-NN and the linear probe are measured on")
+    subset: str | None = Field(None, description="a 0/1 column of the manifest: only the train rows where it is 1")
+
+
+class KnnSettings(Section):
+    k: int = Field(200, ge=1, description="neighbours that vote (at most the train rows minus one)")
+    temperature: float = Field(0.1, gt=0, description="votes weigh exp(cosine similarity / temperature)")
+
+
+@stage("estimate", "rank starting points by transferability scores of their frozen features, before training")
+class EstimateConfig(Section):
+    seed: int = 0
+    candidates: list[Candidate] = Field(
+        ..., min_length=1, description="starting points, each {name, backbone: {name, kwargs, weights, "
+        "checkpoint, in_chans, img_size}} (random init, a checkpoint, a pretrain output, named weights)")
+    data: EstimateData
+    scores: list[Literal[TRANSFERABILITY_SCORES]] = Field(list(TRANSFERABILITY_SCORES), min_length=1)
+    knn: KnnSettings = KnnSettings()
+    runtime: Runtime = Runtime()
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, candidates: list[Candidate]) -> list[Candidate]:
+        names = [c.name for c in candidates]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"candidate names must be unique: {', '.join(twice)} named twice")
+        return candidates
+
+    def inputs(self) -> dict[str, str | None]:
+        return {"data.manifest": self.data.manifest,
+                **{f"candidates.{i}.backbone.checkpoint": c.backbone.checkpoint for i, c in enumerate(self.candidates)}}

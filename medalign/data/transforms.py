@@ -26,11 +26,24 @@ def train_view(size: int, aug: AugmentConfig, mean, std, scale: tuple[float, flo
     return A.Compose([
         A.RandomResizedCrop(size=(size, size), scale=scale or aug.crop_scale),
         A.HorizontalFlip(p=0.5 if aug.hflip else 0.0),
+        *_modality(aug),
         A.RandomBrightnessContrast(aug.brightness_contrast, aug.brightness_contrast, p=0.8),
         A.GaussianBlur(sigma_limit=(0.1, 1.5), p=aug.blur_p),
-        A.GaussNoise(std_range=(0.01, 0.05), p=aug.noise_p),
+        # ultrasound's noise is speckle, multiplicative; the others' is additive sensor noise
+        A.MultiplicativeNoise((0.8, 1.2), elementwise=True, p=aug.noise_p) if aug.preset == "ultrasound"
+        else A.GaussNoise(std_range=(0.01, 0.05), p=aug.noise_p),
         *_finish(mean, std, zscore),
     ])
+
+
+def _modality(aug: AugmentConfig) -> list:
+    """Geometry a modality tolerates: a probe can be held either way up; a slice is rarely level."""
+    if aug.preset == "ultrasound":
+        return [A.VerticalFlip(p=0.5)]
+    if aug.preset in ("ct", "mr"):
+        shading = [A.RandomGamma((80, 120), p=0.3)] if aug.preset == "mr" else []
+        return [A.Affine(rotate=(-10, 10), p=0.5), *shading]
+    return []
 
 
 def eval_view(size: int, mean, std, zscore: bool = False) -> A.Compose:

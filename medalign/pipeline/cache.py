@@ -26,8 +26,8 @@ def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
         *parents, leaf = dotted.split(".")
         section = semantic
         for p in parents:
-            section = section[p]
-        section[leaf] = os.path.abspath(path)
+            section = section[_step(section, p)]
+        section[_step(section, leaf)] = os.path.abspath(path)
     return {
         "stage": stage,
         "config": semantic,
@@ -35,6 +35,11 @@ def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
         "inputs": {k: fingerprint(v) for k, v in outside.items()},
         "version": __version__,
     }
+
+
+def _step(section: dict | list, part: str) -> str | int:
+    """An input's dotted key names list items by index: `candidates.0.backbone.checkpoint`."""
+    return int(part) if isinstance(section, list) else part
 
 
 def key_of(rec: dict) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from torch.utils.data import TensorDataset
+
 from medalign import config, engine
 from medalign.data.datasets import ImageDataset, load_rows
 from medalign.data.manifest import Manifest, fingerprint
@@ -70,3 +73,18 @@ def run_hash(cfg: config.Section, out_dir: Path) -> str:
     the semantic config alone when the stage runs outside the store."""
     record = out_dir / "key.json"
     return config.digest(json.loads(record.read_text()) if record.is_file() else config.semantic(cfg))
+
+
+@torch.no_grad()
+def features(model: torch.nn.Module, data, rt: engine.Runtime) -> TensorDataset:
+    """The network's pooled features (what a classifier on it sees) for every image of a loader."""
+    was_training = model.training
+    model.to(rt.device).eval()
+    xs, ys = [], []
+    for x, y in data:
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            f = model.forward_head(model.forward_features(x.to(rt.device)), pre_logits=True)
+        xs.append(f.float().cpu())
+        ys.append(y)
+    model.train(was_training)
+    return TensorDataset(torch.cat(xs), torch.cat(ys))

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from medalign import config, engine
 from medalign.data.datasets import class_names, write_skipped
@@ -79,8 +78,8 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     # compute its features once and train the head on them
     on_features = cfg.adapter.name == "linear" and not cfg.augment.enabled and len(heads) == 1
     if on_features:
-        features = _features(model, common.loader(data(train_rows, evaluation), cfg.data, cfg, rt, train=False), rt)
-        val = DataLoader(_features(model, val, rt), batch_size=cfg.data.batch_size)
+        features = common.features(model, common.loader(data(train_rows, evaluation), cfg.data, cfg, rt, train=False), rt)
+        val = DataLoader(common.features(model, val, rt), batch_size=cfg.data.batch_size)
         head = model.get_submodule(heads[0])
         train_data = engine.loader(features, cfg.data.batch_size, rt, train=True)
         objective = Classifier(head, lambda m: _validate(m, val, rt, classes))
@@ -114,16 +113,3 @@ def _small_init(head: nn.Module) -> None:
 def _validate(model: nn.Module, val: DataLoader, rt: engine.Runtime, classes: list[str]) -> dict:
     probs, targets = engine.predict(model, val, rt)
     return classification_metrics(targets, probs, classes)
-
-
-@torch.no_grad()
-def _features(model: nn.Module, data: DataLoader, rt: engine.Runtime) -> TensorDataset:
-    """The frozen network's pooled features (what its classifier sees) for every image of a loader."""
-    model.to(rt.device).eval()
-    xs, ys = [], []
-    for x, y in data:
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
-            f = model.forward_head(model.forward_features(x.to(rt.device)), pre_logits=True)
-        xs.append(f.float().cpu())
-        ys.append(y)
-    return TensorDataset(torch.cat(xs), torch.cat(ys))

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from medalign import config, engine, ssl
-from medalign.data.datasets import write_skipped
+from medalign.data.datasets import class_names, write_skipped
 from medalign.errors import ConfigError
 from medalign.models import adapters, backbones, checkpoint, tuning
 from medalign.stages import _common as common
@@ -33,7 +33,8 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     objective, views = ssl.build(cfg.method, cfg, bb)
     dataset = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, views.reseed(cfg.seed + rt.rank), bb)
     history = engine.fit(objective, common.loader(dataset, cfg.data, cfg, rt, train=True), cfg.optim, rt,
-                         out_dir, desc="pretrain")
+                         out_dir, desc="pretrain", monitor=_knn_monitor(cfg, bb, objective, rt))
+    collapsed = _collapsed(history, objective.backbone().num_features, cfg.monitor.collapse_below)
 
     if rt.is_main:
         net = objective.backbone()
@@ -45,6 +46,42 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     last = history[-1]
     return {"images": len(dataset), "skipped_rows": write_skipped(out_dir, skipped) if rt.is_main else len(skipped),
             "epochs": cfg.optim.epochs, "final_loss": last["loss"], "embedding_std": last["embedding_std"],
-            "trainable_params": trainable, "backbone_params": total, "trainable_fraction": trainable / total,
+            "collapsed_epochs": collapsed, "trainable_params": trainable, "backbone_params": total, "trainable_fraction": trainable / total,
             "peak_memory_mib": engine.peak_memory_mib(rt), "seconds": last["elapsed_s"],
             "img_per_s": len(dataset) * cfg.optim.epochs / last["elapsed_s"], "checkpoint": "checkpoint"}
+
+
+def _knn_monitor(cfg: config.PretrainConfig, bb, objective, rt: engine.Runtime):
+    """k-NN AUROC of the network being pretrained, on frozen features of a labeled manifest."""
+    from medalign.metrics.transferability import knn
+
+    m = cfg.monitor
+    if not m.manifest:
+        return None
+    data = config.DataSection(manifest=m.manifest, batch_size=cfg.data.batch_size, on_error=cfg.data.on_error)
+    manifest, bank_rows, _ = common.rows(data, m.bank_split)
+    _, eval_rows, _ = common.rows(data, m.eval_split)
+    classes = class_names(manifest, bank_rows)
+    view = common.eval_transform(bb, cfg.data.intensity)
+
+    def loader(rows):
+        ds = common.dataset(manifest, rows, data, cfg.data.intensity, view, bb, classes)
+        return common.loader(ds, data, cfg, rt, train=False)
+
+    bank, held = loader(bank_rows), loader(eval_rows)
+
+    def measure(epoch: int) -> dict:
+        net = objective.backbone()
+        (fb, yb), (fe, ye) = common.features(net, bank, rt).tensors, common.features(net, held, rt).tensors
+        r = knn(fb.numpy(), yb.numpy(), fe.numpy(), ye.numpy(), k=m.k, temperature=m.temperature)
+        return {"knn_auroc": r["auroc"], "knn_accuracy": r["accuracy"]}
+    return measure
+
+
+def _collapsed(history: list[dict], dim: int, below: float) -> list[int]:
+    """Epochs whose features collapsed: l2-normalised embeddings' std is ~1/sqrt(dim) when healthy."""
+    epochs = [h["epoch"] for h in history if "embedding_std" in h and h["embedding_std"] * dim ** 0.5 < below]
+    if epochs:
+        log.warning("pretrain: embedding_std x sqrt(%d) fell below %.2g in epoch(s) %s: the features are "
+                    "collapsing (a lower lr, more data or another method may help)", dim, below, epochs)
+    return epochs
