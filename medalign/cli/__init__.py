@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medalign import __version__, config
 from medalign.errors import MedalignError
-from medalign.cli import manifest
+from medalign.cli import manifest, weights
 from medalign.config import STAGES
 
 
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run_pipeline)
 
     manifest.add_parser(sub)
+    weights.add_parser(sub)
 
     p = sub.add_parser("status", help="show each pipeline step as cached, running, interrupted or stale, and why")
     p.add_argument("pipeline", type=Path)

@@ -18,7 +18,7 @@ from timm.models import adapt_input_conv
 
 from medalign.config import BackboneConfig
 from medalign.errors import CheckpointError, ConfigError
-from medalign.models import checkpoint
+from medalign.models import checkpoint, litemedsam  # noqa: F401  (litemedsam_tinyvit joins timm's registry)
 
 log = logging.getLogger(__name__)
 
