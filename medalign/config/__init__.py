@@ -12,14 +12,16 @@ from medalign.config.loading import (Section, apply_overrides, cosmetic, describ
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
                                       MonitorConfig, OptimConfig, Runtime, TrainingData)
-from medalign.config.ssl import METHODS, DinoConfig, SimCLRConfig
+from medalign.config.ssl import METHODS, BYOLConfig, DINOv2Config, DinoConfig, MAEConfig, MoCoV3Config, SimCLRConfig
 from medalign.config.stages import (STAGES, Candidate, DemoDataConfig, EstimateConfig, EvaluateConfig,
                                     FinetuneConfig, PretrainConfig, Stage)
 
 __all__ = [
-    "ADAPTERS", "METHODS", "STAGES", "TUNINGS", "AplaTuning", "BitFitTuning", "ExploraTuning", "FrozenTuning", "AugmentConfig", "BackboneConfig", "CTWindow", "DataSection",
-    "Candidate", "DemoDataConfig", "DinoConfig", "EstimateConfig", "EvaluateConfig", "MonitorConfig", "FinetuneConfig", "FullAdapter", "Intensity",
-    "LinearAdapter", "LoraAdapter", "OptimConfig", "PretrainConfig", "Runtime", "Section", "SimCLRConfig",
-    "Stage", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump", "load", "read_yaml", "semantic",
-    "validate",
+    "ADAPTERS", "AplaTuning", "AugmentConfig", "BYOLConfig", "BackboneConfig", "BitFitTuning",
+    "CTWindow", "Candidate", "DINOv2Config", "DataSection", "DemoDataConfig", "DinoConfig",
+    "EstimateConfig", "EvaluateConfig", "ExploraTuning", "FinetuneConfig", "FrozenTuning",
+    "FullAdapter", "Intensity", "LinearAdapter", "LoraAdapter", "MAEConfig", "METHODS", "MoCoV3Config",
+    "MonitorConfig", "OptimConfig", "PretrainConfig", "Runtime", "STAGES", "Section", "SimCLRConfig",
+    "Stage", "TUNINGS", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump",
+    "load", "read_yaml", "semantic", "validate",
 ]

@@ -17,4 +17,4 @@ def build(method_cfg, cfg, backbone):
     return BUILDERS.get(method_cfg.name)(method_cfg, cfg, backbone)
 
 
-from medalign.ssl import dino, simclr  # noqa: E402,F401  (fills the registry)
+from medalign.ssl import byol, dino, dinov2, mae, mocov3, simclr  # noqa: E402,F401  (fills the registry)
