@@ -78,7 +78,7 @@ def main() -> None:
         metrics, seconds = medalign(
             "pretrain", f"data.manifest={data}", "data.splits=[train]", *backbone, "method.name=simclr",
             "method.temperature=0.2", f"tuning.name={tuning}", "data.batch_size=64", f"optim.epochs={args.epochs}",
-            "optim.lr=2e-4", "optim.weight_decay=1e-4", "optim.warmup_epochs=1", "runtime.device=cpu",
+            "optim.lr=2e-4", "optim.weight_decay=1e-4", "optim.warmup_epochs=0.3", "runtime.device=cpu",
             "--out", str(out))
         pretrained[tuning] = (out, metrics, seconds)
 
@@ -107,7 +107,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}. {args.size} px, 1 channel. Pretraining: SimCLR on the "
         f"{pretrained['full'][1]['images']} training images (labels withheld), batch 64, {args.epochs} epochs, "
-        "lr 2e-4. Probes: 10% of the training labels per seed, test AUROC (seeds "
+        "lr 2e-4 (0.3 epochs of warm-up, then cosine). Probes: 10% of the training labels per seed, test AUROC (seeds "
         f"{', '.join(map(str, seeds))}).", "",
         "| start | k-NN AUROC (k=20) | linear probe AUROC | pretrain trainable share | peak memory MiB | pretrain s |",
         "|---|---|---|---|---|---|",

@@ -12,7 +12,8 @@ from medalign.config.loading import (Section, apply_overrides, cosmetic, describ
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
                                       MonitorConfig, OptimConfig, Runtime, TrainingData)
-from medalign.config.ssl import METHODS, BYOLConfig, DINOv2Config, DinoConfig, MAEConfig, MoCoV3Config, SimCLRConfig
+from medalign.config.ssl import (METHODS, BYOLConfig, DINOv2Config, DinoConfig, MAEConfig, MoCoV3Config,
+                                 SimCLRConfig)
 from medalign.config.stages import (STAGES, Candidate, DemoDataConfig, EstimateConfig, EvaluateConfig,
                                     FinetuneConfig, PretrainConfig, Stage)
 

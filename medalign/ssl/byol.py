@@ -2,7 +2,7 @@
 
 Wiring of lightly's BYOLProjectionHead, BYOLPredictionHead, NegativeCosineSimilarity and
 update_momentum: the online network predicts the momentum network's projection of the other view;
-no negatives. The target network's BatchNorm buffers follow the online one (see mocov3.follow).
+no negatives. The target network's BatchNorm buffers follow the online one (see momentum.follow).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medalign.config import PretrainConfig
 from medalign.config.ssl import BYOLConfig
 from medalign.models.backbones import Backbone
 from medalign.ssl import BUILDERS
-from medalign.ssl.mocov3 import follow, momentum_copy, two_views
+from medalign.ssl.momentum import follow, momentum_copy, two_views
 
 
 class BYOL(nn.Module):
