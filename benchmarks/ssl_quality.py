@@ -59,6 +59,23 @@ def medalign(*args: str) -> tuple[dict, float]:
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start
 
 
+def verdict(scores: dict, seeds: list[int], pretrained: dict) -> str:
+    """The target, stated against what was measured: above the start on every seed, for both probes."""
+    def mean(name, column):
+        return statistics.mean(float(scores[name][s][column]) for s in seeds)
+
+    parts = []
+    for t in pretrained:
+        name = f"+ SimCLR {t}"
+        above = all(float(scores[name][s][c]) > float(scores[START][s][c])
+                    for s in seeds for c in ("knn_auroc", "linear_auroc"))
+        parts.append(f"{t}: k-NN {mean(name, 'knn_auroc') - mean(START, 'knn_auroc'):+.3f}, linear "
+                     f"{mean(name, 'linear_auroc') - mean(START, 'linear_auroc'):+.3f} against the start "
+                     f"({'above it on every seed' if above else 'not above it on every seed'})")
+    return ("Target: continued pretraining raises both probes above the ImageNet start on every seed. "
+            "Measured (mean change): " + "; ".join(parts) + ".")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
@@ -117,7 +134,7 @@ def main() -> None:
         name = f"+ SimCLR {t}"
         lines.append(f"| {name} | {cell(name, knn_col)} | {cell(name, lin_col)} | {m['trainable_fraction']:.1%} | "
                      f"{m['peak_memory_mib']:.0f} | {seconds:.0f} |")
-    lines.append("")
+    lines += ["", verdict(scores, seeds, pretrained), ""]
     update_section(HEADING, "\n".join(lines))
     print("\n".join(lines))
 
