@@ -65,3 +65,14 @@ def demo_set(_demo_master, tmp_path) -> Path:
     out = tmp_path / "demo"
     shutil.copytree(_demo_master, out)
     return out / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a busy CPU: intra-op threads only add contention (100x slower seen)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

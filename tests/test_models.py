@@ -23,13 +23,7 @@ VIT = dict(name="test_vit", kwargs={"patch_size": 8}, img_size=32)
 RESNET = dict(name="test_resnet", kwargs={}, img_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a busy CPU: intra-op threads only add contention (100x slower seen)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -21,12 +21,7 @@ from medalign.models import adapters, backbones, checkpoint
 RESNET = dict(name="test_resnet", img_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(stage: str, out, *overrides: str) -> dict:

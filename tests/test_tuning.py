@@ -15,12 +15,7 @@ from medalign.models import backbones, tuning
 VIT = dict(name="test_vit", kwargs={"patch_size": 8}, img_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tuned(cfg, spec=VIT, seed=0):
