@@ -462,3 +462,16 @@ def test_one_channel_weights_expand_to_three(tmp_path):
     w = gray.state_dict()["patch_embed.proj.weight"]
     rgb = backbones.create(BackboneConfig(**VIT, in_chans=3, checkpoint=str(tmp_path / "gray.safetensors")))
     assert torch.allclose(rgb.state_dict()["patch_embed.proj.weight"], w.repeat(1, 3, 1, 1) / 3)
+
+
+def test_a_torchvision_resnet_state_dict_loads_as_timm_resnet(tmp_path):
+    """torchvision's ResNet layout is timm's: its .pth loads strictly and computes the same features."""
+    torchvision = pytest.importorskip("torchvision")
+    tv = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / "resnet18_torchvision.pth"
+    torch.save(tv.state_dict(), path)
+    model = backbones.create(BackboneConfig(name="resnet18", in_chans=3, img_size=64, checkpoint=str(path))).eval()
+    x = _x(3, 64)
+    tv.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
