@@ -147,7 +147,7 @@ def param_groups(objective: torch.nn.Module, optim: config.OptimConfig) -> list[
     model's own no_weight_decay() (pos_embed, cls_token); optionally layer-wise LR decay.
     Parameters outside timm models (SSL heads) follow the same bias/norm rule."""
     groups, seen = [], set()
-    for module in _timm_models(objective):
+    for module in timm_models(objective):
         skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
         if optim.layer_decay:
             if not hasattr(module, "group_matcher"):
@@ -164,7 +164,7 @@ def param_groups(objective: torch.nn.Module, optim: config.OptimConfig) -> list[
     return [g for g in groups if g["params"]]
 
 
-def _timm_models(objective: torch.nn.Module) -> list[torch.nn.Module]:
+def timm_models(objective: torch.nn.Module) -> list[torch.nn.Module]:
     # timm sets pretrained_cfg on the instance; peft's wrappers only forward the attribute
     found, prefixes = [], []
     for name, m in objective.named_modules():

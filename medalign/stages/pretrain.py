@@ -8,7 +8,7 @@ from pathlib import Path
 from medalign import config, engine, ssl
 from medalign.data.datasets import class_names, write_skipped
 from medalign.errors import ConfigError
-from medalign.models import adapters, backbones, checkpoint, tuning
+from medalign.models import backbones, checkpoint, tuning
 from medalign.stages import _common as common
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,10 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
 
     # every network the method builds (student, EMA teacher) gets the same tuning
     bb = dataclasses.replace(bb, tuning=cfg.tuning, tuning_seed=cfg.seed)
-    trainable, total = adapters.count_parameters(dataclasses.replace(bb, weights=None, pretrained=False).create())
     objective, views = ssl.build(cfg.method, cfg, bb)
+    # the backbone weights that train (the student's; heads and frozen teachers aside), of its size
+    trainable = sum(p.numel() for m in engine.timm_models(objective) for p in m.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in objective.backbone().parameters())
     dataset = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, views.reseed(cfg.seed + rt.rank), bb)
     history = engine.fit(objective, common.loader(dataset, cfg.data, cfg, rt, train=True), cfg.optim, rt,
                          out_dir, desc="pretrain", monitor=_knn_monitor(cfg, bb, objective, rt))
