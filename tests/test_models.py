@@ -475,3 +475,91 @@ def test_a_torchvision_resnet_state_dict_loads_as_timm_resnet(tmp_path):
     tv.fc = torch.nn.Identity()
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+# -- 10. layouts other projects write: DINOv2, MAE, LightlyTrain -----------------------------------
+
+DINOV2 = dict(embed_dim=64, num_heads=2, depth=2)  # vit_small_patch14_dinov2's layout, made small
+
+
+def _dinov2_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A timm DINOv2 ViT's weights written back into facebookresearch/dinov2's layout: position
+    embeddings that include the class token's, a mask token, registers by their own name, no head."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    dim = state["cls_token"].shape[-1]
+    if "reg_token" in state:  # timm folds the class position into cls_token; dinov2 keeps it apart
+        state["register_tokens"] = state.pop("reg_token")
+        state["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), state["pos_embed"]], 1)
+    state["mask_token"] = torch.zeros(1, dim)
+    return state
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_an_original_dinov2_checkpoint_loads_through_timms_converter(tmp_path, name):
+    source = _perturb(timm.create_model(name, num_classes=0, **DINOV2))  # 518 px, as released
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(_dinov2_original(source), path)
+
+    same = backbones.create(BackboneConfig(name=name, kwargs=DINOV2, in_chans=3, img_size=518,
+                                           checkpoint=str(path))).eval()
+    x = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), source(x), rtol=1e-5, atol=1e-5)
+
+    # at a medical image size the 37x37 position grid is resampled by timm, the blocks untouched
+    small = backbones.create(BackboneConfig(name=name, kwargs=DINOV2, in_chans=1, img_size=56,
+                                            checkpoint=str(path)))
+    assert small.pos_embed.shape[1] == small.patch_embed.num_patches + (0 if "reg" in name else 1)
+    torch.testing.assert_close(small.state_dict()["blocks.1.mlp.fc2.weight"], source.state_dict()["blocks.1.mlp.fc2.weight"])
+
+
+def test_a_dinov2_training_checkpoint_keeps_the_backbone_and_drops_its_heads(tmp_path):
+    source = _perturb(timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=56, **DINOV2))
+    teacher = {f"backbone.{k}": v for k, v in _dinov2_original(source).items()}
+    teacher.update({"dino_head.mlp.0.weight": torch.zeros(8, 64), "ibot_head.last_layer.weight_g": torch.ones(8, 1)})
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": teacher, "iteration": 12}, path)
+    loaded = backbones.create(BackboneConfig(name="vit_small_patch14_dinov2", kwargs=DINOV2, in_chans=3,
+                                             img_size=56, checkpoint=str(path)))
+    _assert_same_state(source, loaded)
+
+
+def test_an_mae_training_checkpoint_loads_its_encoder(tmp_path):
+    """MAE's main_pretrain.py saves {"model", "optimizer", "epoch", "scaler", "args"}: the encoder
+    beside its decoder and mask token, and an argparse.Namespace that weights_only must allow."""
+    import argparse
+
+    kwargs = dict(embed_dim=64, num_heads=2, depth=2)
+    encoder = _perturb(timm.create_model("vit_base_patch16_224", num_classes=0, **kwargs))
+    model = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model.update({"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.zeros(32, 64),
+                  "decoder_pos_embed": torch.zeros(1, 197, 32), "decoder_blocks.0.norm1.weight": torch.ones(32),
+                  "decoder_pred.weight": torch.zeros(768, 32)})
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
+                "args": argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75)}, path)
+
+    same = backbones.create(BackboneConfig(name="vit_base_patch16_224", kwargs=kwargs, in_chans=3, img_size=224,
+                                           checkpoint=str(path))).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), encoder(x), rtol=1e-5, atol=1e-5)
+    small = backbones.create(BackboneConfig(name="vit_base_patch16_224", kwargs=kwargs, in_chans=1, img_size=64,
+                                            checkpoint=str(path)))
+    assert small.pos_embed.shape[1] == 1 + 16
+
+
+def test_a_lightlytrain_export_loads_and_its_training_checkpoint_is_refused_with_the_way_out(tmp_path):
+    """LightlyTrain writes exported_models/exported_last.pt as the timm model's own state dict;
+    its checkpoints/last.ckpt pickles the training objects, which weights_only refuses."""
+    source = _perturb(backbones.create(BackboneConfig(**RESNET, in_chans=3)))
+    export = tmp_path / "out" / "exported_models" / "exported_last.pt"
+    export.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), export)
+    _assert_same_state(source, backbones.create(BackboneConfig(**RESNET, in_chans=3, checkpoint=str(export))))
+
+    ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": Path("/data")}, ckpt)
+    with pytest.raises(CheckpointError, match=r"cannot read weights .*last\.ckpt.*exported_models/exported_last\.pt"):
+        backbones.create(BackboneConfig(**RESNET, in_chans=3, checkpoint=str(ckpt)))

@@ -113,8 +113,10 @@ def load_classifier(path: str | Path) -> tuple[torch.nn.Module, Backbone]:
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Adapts `state` to `model` (input channels, position embeddings, classifier) and loads it."""
     pcfg = model.pretrained_cfg
+    # timm's own converter for the family: original DINOv2/MAE/CLIP layouts, position embeddings
+    # resampled to this image size, patch embeddings to this patch size
     family_filter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if family_filter is not None and "pos_embed" in state:
+    if family_filter is not None:
         state = family_filter(state, model)
     first = f"{pcfg.get('first_conv')}.weight"
     if first in state and first in model.state_dict():

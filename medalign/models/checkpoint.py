@@ -7,6 +7,7 @@ config hash and library versions. Files we did not write are read with safetenso
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -17,8 +18,13 @@ from medalign.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
-# Wrappers other tools put around a backbone's keys: DDP, torch.compile, SSL method modules.
-_PREFIXES = ("module.", "_orig_mod.", "backbone.", "student_backbone.")
+# Wrappers other tools put around a model's keys: DDP, torch.compile.
+_WRAPPERS = ("module.", "_orig_mod.")
+# Where SSL training code keeps the backbone beside its heads and teacher (DINOv2's "backbone.",
+# lightly's "student_backbone."): when present, only these keys are the backbone.
+_BACKBONES = ("backbone.", "student_backbone.")
+# MAE's decoder sits at the top level beside the encoder it trained; the encoder is the backbone.
+_DECODER = "decoder_"
 
 
 def save(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -68,28 +74,34 @@ def read_meta(folder: Path) -> dict | None:
 
 
 def load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """The backbone's tensors from a weights file in any layout we know, keys as the file has them
+    once wrappers, SSL heads, teachers and MAE's decoder are set aside."""
     try:
         if weights.suffix == ".safetensors":
             state = load_file(str(weights))
         else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            # MAE's and DeiT's training checkpoints keep their argparse.Namespace of arguments beside
+            # the weights; a Namespace only holds attributes, so allowing it runs no code
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # each format fails in its own way; the user needs the file and the reason
-        raise CheckpointError(f"cannot read weights {weights}: {str(e).splitlines()[0]}") from None
+        hint = (" (a training checkpoint that pickles code: load its exported weights instead, e.g. "
+                "LightlyTrain's exported_models/exported_last.pt)") if weights.suffix == ".ckpt" else ""
+        raise CheckpointError(f"cannot read weights {weights}: {str(e).splitlines()[0]}{hint}") from None
     for wrapper in ("state_dict", "model", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights}: not a state dict of tensors")
-    return {_strip(k): v for k, v in state.items()}
+    state = {_strip(k, _WRAPPERS): v for k, v in state.items()}
+    if any(k.startswith(_BACKBONES) for k in state):
+        return {_strip(k, _BACKBONES): v for k, v in state.items() if k.startswith(_BACKBONES)}
+    return {k: v for k, v in state.items() if not k.startswith(_DECODER)}
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+def _strip(key: str, prefixes: tuple[str, ...]) -> str:
+    while key.startswith(prefixes):
+        key = key[len(next(p for p in prefixes if key.startswith(p))):]
     return key
 
 
