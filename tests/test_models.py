@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from medalign.config import BackboneConfig, LinearAdapter, LoraAdapter
 from medalign.errors import CheckpointError, ConfigError
-from medalign.models import adapters, backbones, checkpoint
+from medalign.models import adapters, backbones, checkpoint, tuning
 
 VIT = dict(name="test_vit", kwargs={"patch_size": 8}, img_size=32)
 RESNET = dict(name="test_resnet", kwargs={}, img_size=32)
@@ -385,7 +385,7 @@ def test_lora_trains_few_weights_then_merges_into_plain_timm():
     model.eval()
     with torch.no_grad():
         want = model(x)
-    plain = adapters.merged(model)
+    plain = tuning.merged(model)
     assert isinstance(plain, timm.models.vision_transformer.VisionTransformer)
     assert not any("lora" in n.lower() for n, _ in plain.named_modules())
     fresh = timm.create_model("test_vit", num_classes=2, in_chans=1, img_size=32, patch_size=8)
@@ -405,13 +405,13 @@ def test_linear_adapter_trains_only_the_head(spec, head):
     assert names == [head + "weight", head + "bias"]
     trainable, total = adapters.count_parameters(model)
     assert trainable == 3 * model.num_features + 3 and total > 10 * trainable
-    assert adapters.merged(model) is model
+    assert tuning.merged(model) is model
 
 
 def test_lora_on_vit_tiny_trains_a_few_percent():
     """Acceptance: "LoRA trains only a few percent of the weights" (vit_tiny_patch16_224, r=8)."""
     cfg = BackboneConfig(name="vit_tiny_patch16_224", kwargs={"patch_size": 8}, img_size=64)
-    model = adapters.apply(backbones.create(cfg, num_classes=2), LoraAdapter(r=8))
+    model = adapters.apply(backbones.create(cfg, num_classes=2), LoraAdapter(r=8, target_modules=["qkv"]))
     trainable, total = adapters.count_parameters(model)
     # independent count: A (r x 192) and B (576 x r) per qkv in 12 blocks, plus the 2-class head
     assert trainable == 12 * (8 * 192 + 576 * 8) + (2 * 192 + 2)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from medalign import config
-from medalign.models import adapters
+from medalign.models import tuning
 from medalign.pipeline import spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +22,8 @@ def test_every_ssl_method_has_a_config_a_builder_and_a_preset():
     assert set(config.METHODS.names()) <= used
 
 
-def test_every_adapter_has_a_config_a_builder_and_a_preset():
-    assert set(adapters.BUILDERS.names()) == set(config.ADAPTERS.names())
+def test_every_adapter_and_tuning_has_a_config_a_builder_and_a_preset():
+    assert set(tuning.BUILDERS.names()) == set(config.ADAPTERS.names()) | set(config.TUNINGS.names())
     used = {p.get("adapter", {}).get("name") for p in _presets("finetune")}
     assert set(config.ADAPTERS.names()) <= used
 

@@ -6,8 +6,8 @@ ssl.py       one config per SSL method (registry METHODS)
 adapters.py  one config per fine-tuning adapter (ADAPTERS) and pretraining tuning (TUNINGS)
 stages.py    one config per stage (registry STAGES), with the method and adapter unions
 """
-from medalign.config.adapters import (ADAPTERS, TUNINGS, AplaTuning, BitFitTuning, ExploraTuning, FrozenTuning,
-                                      FullAdapter, LinearAdapter, LoraAdapter)
+from medalign.config.adapters import (ADAPTERS, TUNINGS, AplaTuning, BitFitTuning, DoraAdapter, ExploraTuning,
+                                      FrozenTuning, FullAdapter, LinearAdapter, LoraAdapter, PartialAdapter)
 from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, load,
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity,
@@ -19,10 +19,10 @@ from medalign.config.stages import (STAGES, Candidate, DemoDataConfig, EstimateC
 
 __all__ = [
     "ADAPTERS", "AplaTuning", "AugmentConfig", "BYOLConfig", "BackboneConfig", "BitFitTuning",
-    "CTWindow", "Candidate", "DINOv2Config", "DataSection", "DemoDataConfig", "DinoConfig",
+    "CTWindow", "Candidate", "DINOv2Config", "DataSection", "DemoDataConfig", "DinoConfig", "DoraAdapter",
     "EstimateConfig", "EvaluateConfig", "ExploraTuning", "FinetuneConfig", "FrozenTuning",
     "FullAdapter", "Intensity", "LinearAdapter", "LoraAdapter", "MAEConfig", "METHODS", "MoCoV3Config",
-    "MonitorConfig", "OptimConfig", "PretrainConfig", "Runtime", "STAGES", "Section", "SimCLRConfig",
+    "MonitorConfig", "OptimConfig", "PartialAdapter", "PretrainConfig", "Runtime", "STAGES", "Section", "SimCLRConfig",
     "Stage", "TUNINGS", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump",
     "load", "read_yaml", "semantic", "validate",
 ]

@@ -19,18 +19,33 @@ class LinearAdapter(Section):
 
 @ADAPTERS.register("lora")
 class LoraAdapter(Section):
-    """LoRA (Hu et al. 2021) through peft; timm ViTs fuse q, k, v into one `qkv` linear."""
+    """LoRA (Hu et al. 2021) through peft, on the family's preset modules unless named."""
     name: Literal["lora"] = "lora"
     r: int = Field(8, ge=1)
     alpha: float = 16.0
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["qkv"]
+    target_modules: list[str] | None = Field(
+        None, description="module names or suffixes; null: attention qkv/proj and MLP linears of transformer "
+        "blocks (ViT, TinyViT), else every full convolution but the stem (EfficientNet: the pointwise ones)")
+
+
+@ADAPTERS.register("dora")
+class DoraAdapter(LoraAdapter):
+    """DoRA (Liu et al. 2024): LoRA on the direction, a trained magnitude per output (peft's use_dora)."""
+    name: Literal["dora"] = "dora"
 
 
 @ADAPTERS.register("full")
 class FullAdapter(Section):
     """Every weight trains: the reference the adapters are measured against."""
     name: Literal["full"] = "full"
+
+
+@ADAPTERS.register("partial")
+class PartialAdapter(Section):
+    """The last `blocks` blocks (ViT) or stages (CNN) as timm groups them, what follows them, and the head."""
+    name: Literal["partial"] = "partial"
+    blocks: int = Field(1, ge=1)
 
 
 # -- which weights train during continued pretraining: the adapters where they coincide ----------
@@ -47,6 +62,7 @@ class FrozenTuning(Section):
     blocks: int = Field(..., ge=0)
 
 
+@ADAPTERS.register("apla")
 @TUNINGS.register("apla")
 class AplaTuning(Section):
     """APLA (Sorkhei et al. 2025): in every attention block only the output projection trains, all of
@@ -66,7 +82,10 @@ class ExploraTuning(Section):
     target_modules: list[str] = ["qkv"]
 
 
+@ADAPTERS.register("bitfit")
 @TUNINGS.register("bitfit")
 class BitFitTuning(Section):
-    """Biases and norm layers only (a CNN's BatchNorm then follows the new domain, its filters stay)."""
+    """BitFit (Ben Zaken et al. 2022): biases only, and norm layers too unless `norms: false` (a CNN's
+    BatchNorm then follows the new domain while its filters stay)."""
     name: Literal["bitfit"] = "bitfit"
+    norms: bool = True

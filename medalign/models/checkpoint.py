@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -84,10 +85,13 @@ def load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
             # the weights; a Namespace only holds attributes, so allowing it runs no code
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        hint = (": a training checkpoint; load its exported weights instead, e.g. LightlyTrain's "
+                "exported_models/exported_last.pt") if weights.suffix == ".ckpt" else ""
+        raise CheckpointError(f"cannot read weights {weights}: it pickles objects other than tensors, which "
+                              f"are never unpickled{hint}") from None
     except Exception as e:  # each format fails in its own way; the user needs the file and the reason
-        hint = (" (a training checkpoint that pickles code: load its exported weights instead, e.g. "
-                "LightlyTrain's exported_models/exported_last.pt)") if weights.suffix == ".ckpt" else ""
-        raise CheckpointError(f"cannot read weights {weights}: {str(e).splitlines()[0]}{hint}") from None
+        raise CheckpointError(f"cannot read weights {weights}: {str(e).splitlines()[0]}") from None
     for wrapper in ("state_dict", "model", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -1,17 +1,20 @@
-"""Which backbone weights train during continued pretraining, one builder per `tuning` config name.
+"""Which weights train, one builder per name: pretraining's `tuning` and fine-tuning's `adapter`.
 
-A builder takes a freshly built timm backbone (weights loaded) and returns the network to train.
-SSL methods build their student and EMA teacher through the same factory, so both get the same
-structure (and APLA the same rows); `merged` turns either back into a plain timm model for saving.
+A builder takes a freshly built timm model (weights loaded) and returns the network to train. SSL
+methods build their student and EMA teacher through the same factory, so both get the same
+structure (and APLA the same rows); fine-tuning then unfreezes the head (medalign.models.adapters).
+`merged` turns any of them back into a plain timm model for saving.
 
     full      every weight
+    linear    nothing (fine-tuning trains the head alone)
     frozen    the stem and the first N blocks (ViT) or stages (CNN) frozen, as timm groups them
+    partial   the last K blocks or stages and what follows them train, the rest frozen
     apla      only each attention block's output projection (Sorkhei et al. 2025, arXiv 2503.11335):
               all of it, or r output rows split off into their own parameter, so the optimizer
               holds state for r rows only (masking a full gradient would save nothing)
     explora   the last K blocks and every norm train, LoRA on the rest (Khanna et al., ICML 2025)
-    lora      LoRA alone, through peft (also on convolutions)
-    bitfit    biases and norm layers only
+    lora      LoRA alone, through peft (also on convolutions); dora: peft's DoRA
+    bitfit    biases, and norm layers unless told not to
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from medalign.registry import Registry
 
 BUILDERS: Registry[Callable[[nn.Module, config.Section, int], nn.Module]] = Registry("tuning")
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+# the linears of a transformer block, as timm names them in ViTs and TinyViT
+TRANSFORMER_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 def apply(model: nn.Module, cfg: config.Section, seed: int) -> nn.Module:
@@ -39,15 +44,45 @@ def full(model: nn.Module, cfg: config.FullAdapter, seed: int) -> nn.Module:
     return model.requires_grad_(True)
 
 
+@BUILDERS.register("linear")
+def linear(model: nn.Module, cfg: config.LinearAdapter, seed: int) -> nn.Module:
+    return model.requires_grad_(False)
+
+
 @BUILDERS.register("frozen")
 def frozen(model: nn.Module, cfg: config.FrozenTuning, seed: int) -> nn.Module:
-    groups = group_parameters(model, model.group_matcher(coarse=True))  # 0: stem, 1..: blocks or stages
-    blocks = sorted(g for g in groups if g > 0)
+    stem, blocks = block_groups(model)
     if cfg.blocks > len(blocks):
         raise ConfigError(f"tuning.blocks={cfg.blocks}: {_name(model)} has {len(blocks)} blocks or stages")
-    frozen_names = {n for g in [0, *blocks[:cfg.blocks]] for n in groups.get(g, [])}
+    return _freeze(model, stem.union(*blocks[:cfg.blocks]))
+
+
+@BUILDERS.register("partial")
+def partial(model: nn.Module, cfg: config.PartialAdapter, seed: int) -> nn.Module:
+    stem, blocks = block_groups(model)
+    if cfg.blocks > len(blocks):
+        raise ConfigError(f"adapter.blocks={cfg.blocks}: {_name(model)} has {len(blocks)} blocks or stages")
+    return _freeze(model, stem.union(*blocks[:len(blocks) - cfg.blocks]))
+
+
+def block_groups(model: nn.Module) -> tuple[set[str], list[set[str]]]:
+    """The stem's parameter names and each block's (ViT) or stage's (CNN) in order, from timm's
+    coarse group_matcher; what follows the blocks (final norm, neck, head) is in neither."""
+    try:
+        matcher = model.group_matcher(coarse=True)
+        blocks = matcher["blocks"]
+        # the first pattern is the blocks'; later ones file trailing norms with the last block
+        first = blocks[0][0] if isinstance(blocks, (list, tuple)) else blocks
+        groups = group_parameters(model, {"stem": matcher["stem"], "blocks": first})
+    except (AttributeError, KeyError, TypeError):
+        raise ConfigError(f"{_name(model)} has no timm group_matcher with a stem and blocks") from None
+    ids = sorted(groups)  # 0: the stem; the last: what no pattern matched (after the blocks)
+    return set(groups[ids[0]]), [set(groups[g]) for g in ids[1:-1]]
+
+
+def _freeze(model: nn.Module, names: set[str]) -> nn.Module:
     for n, p in model.named_parameters():
-        p.requires_grad_(n not in frozen_names)
+        p.requires_grad_(n not in names)
     return model
 
 
@@ -56,8 +91,8 @@ def bitfit(model: nn.Module, cfg: config.BitFitTuning, seed: int) -> nn.Module:
     model.requires_grad_(False)
     for m in model.modules():
         if isinstance(m, NORMS):
-            m.requires_grad_(True)
-        elif getattr(m, "bias", None) is not None and isinstance(m.bias, nn.Parameter):
+            m.requires_grad_(cfg.norms)
+        if getattr(m, "bias", None) is not None and isinstance(m.bias, nn.Parameter):
             m.bias.requires_grad_(True)
     return model
 
@@ -107,8 +142,20 @@ def apla(model: nn.Module, cfg: config.AplaTuning, seed: int) -> nn.Module:
 
 
 @BUILDERS.register("lora")
+@BUILDERS.register("dora")
 def lora(model: nn.Module, cfg: config.LoraAdapter, seed: int) -> nn.Module:
-    return _peft(model, cfg.target_modules, cfg)
+    return peft_model(model, cfg.target_modules or lora_targets(model), cfg)
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """The modules LoRA adapts when the config names none: every transformer block's attention
+    and MLP linears (timm ViTs, TinyViT); in a CNN every full convolution but the stem (in an
+    EfficientNet those are the pointwise ones: its depthwise convs are grouped)."""
+    linears = [n for n, m in model.named_modules() if n.endswith(TRANSFORMER_LINEARS) and isinstance(m, nn.Linear)]
+    if linears:
+        return linears
+    stem = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and n != stem]
 
 
 @BUILDERS.register("explora")
@@ -119,7 +166,7 @@ def explora(model: nn.Module, cfg: config.ExploraTuning, seed: int) -> nn.Module
                           f"{cfg.unfrozen_blocks} transformer blocks")
     lora_blocks = range(len(blocks) - cfg.unfrozen_blocks)
     targets = rf"blocks\.({'|'.join(map(str, lora_blocks))})\..*({'|'.join(cfg.target_modules)})$"
-    tuned = _peft(model, targets, cfg) if lora_blocks else model.requires_grad_(False)
+    tuned = peft_model(model, targets, cfg) if lora_blocks else model.requires_grad_(False)
     for block in list(blocks)[len(lora_blocks):]:
         block.requires_grad_(True)
     for m in model.modules():
@@ -128,14 +175,16 @@ def explora(model: nn.Module, cfg: config.ExploraTuning, seed: int) -> nn.Module
     return tuned
 
 
-def _peft(model: nn.Module, targets, cfg) -> nn.Module:
+def peft_model(model: nn.Module, targets, cfg, modules_to_save: list[str] | None = None,
+               section: str = "tuning") -> nn.Module:
     from peft import LoraConfig, get_peft_model  # seconds to import: only LoRA-based tuning needs it
 
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      use_dora=cfg.name == "dora", modules_to_save=modules_to_save)
     try:
-        return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                target_modules=targets))
+        return get_peft_model(model, lora)
     except ValueError as e:  # peft's NoMatchingPeftModuleError
-        raise ConfigError(f"tuning.target_modules {cfg.target_modules} match no module of {_name(model)} "
+        raise ConfigError(f"{section}.target_modules {cfg.target_modules} match no module of {_name(model)} "
                           f"({str(e).splitlines()[0][:120]})") from None
 
 

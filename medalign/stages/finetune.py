@@ -12,7 +12,7 @@ from medalign import config, engine
 from medalign.data.datasets import class_names, write_skipped
 from medalign.data.manifest import check_no_leak
 from medalign.metrics.classification import classification_metrics
-from medalign.models import adapters, backbones, checkpoint
+from medalign.models import adapters, backbones, checkpoint, tuning
 from medalign.models.backbones import head_names
 from medalign.stages import _common as common
 
@@ -65,7 +65,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     if not (bb.meta and bb.meta.get("classes") == classes):  # a head trained for exactly these classes stays
         for h in head_names(model):
             _small_init(model.get_submodule(h))
-    model = adapters.apply(model, cfg.adapter)
+    model = adapters.apply(model, cfg.adapter, cfg.seed)
     trainable, total = adapters.count_parameters(model)
 
     def data(rows: list[dict], transform):
@@ -94,7 +94,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     if rt.is_main:
         meta = common.metadata(bb, cfg, out_dir, num_classes=len(classes), classes=classes,
                                adapter=cfg.adapter.model_dump())
-        checkpoint.save(out_dir / "model", adapters.merged(model).state_dict(), meta)
+        checkpoint.save(out_dir / "model", tuning.merged(model).state_dict(), meta)
     n_skipped = len(skipped) + len(skipped_val)
     return {"classes": classes, "train_images": len(train_rows),
             "skipped_rows": write_skipped(out_dir, skipped + skipped_val) if rt.is_main else n_skipped,
