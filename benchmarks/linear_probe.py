@@ -71,10 +71,10 @@ def logistic_regression(run: Path, data: Path, subset: str) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from medalign import config, engine
-    from medalign.models import backbones
+    from medalign.models import classifier
     from medalign.stages import _common as common
 
-    model, bb = backbones.load_classifier(run)
+    model, bb, _ = classifier.load(run)
     cfg = config.load(config.FinetuneConfig, None, [f"data.manifest={data}"])
     rt = engine.Runtime(torch.device("cpu"))
     view = common.eval_transform(bb, cfg.data.intensity)

@@ -289,6 +289,10 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
                 if log_file:
                     log_file.write(json.dumps({"summary": True, **summary}) + "\n")
                     log_file.flush()
+                # early stopping: the objective says when more epochs no longer pay
+                if _agree([bool(getattr(objective, "converged", False))], rt)[0]:
+                    log.info("%s: stopped early after epoch %d of %d", desc, epoch + 1, optim.epochs)
+                    break
 
             due = (rt.checkpoint_every_steps and step % rt.checkpoint_every_steps == 0) or \
                   (rt.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * rt.checkpoint_every_minutes)
@@ -370,14 +374,15 @@ def peak_memory_mib(rt: Runtime) -> float:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: DataLoader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and targets over a whole loader."""
+def predict(model: torch.nn.Module, data: DataLoader, rt: Runtime,
+            to_probs: Callable[[torch.Tensor], torch.Tensor] = lambda z: z.softmax(-1)) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (softmax unless `to_probs` says otherwise) and targets over a whole loader."""
     model.eval()
     probs, targets = [], []
     for x, y in data:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
             logits = model(x.to(rt.device, non_blocking=True))
-        probs.append(logits.float().softmax(-1).cpu())
+        probs.append(to_probs(logits.float()).cpu())
         targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from medalign import config
 from medalign.config import BackboneConfig
-from medalign.errors import ConfigError, DataError
+from medalign.errors import CheckpointError, ConfigError, DataError
 from medalign.metrics.classification import classification_metrics
-from medalign.models import adapters, backbones, checkpoint
+from medalign.models import adapters, backbones, checkpoint, classifier
 
 RESNET = dict(name="test_resnet", img_size=32)
 
@@ -68,7 +68,11 @@ def test_linear_probe_leaves_the_backbone_bit_identical(demo_set, start, tmp_pat
                    "adapter.name=linear", "backbone.img_size=32", f"augment.enabled={augment}",
                    "data.batch_size=4", "optim.epochs=2", "optim.lr=0.05")
     before = load_file(str(start / "model.safetensors"))
-    after = load_file(str(out / "model" / "model.safetensors"))
+    # saved: the head and the buffers over the start's file, which model.json names by sha256
+    adapter = load_file(str(out / "model" / "adapter.safetensors"))
+    assert {k for k in adapter if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))} \
+        == {"fc.weight", "fc.bias"}
+    after = classifier.load(out)[0].state_dict()
     assert set(after) == set(before) | {"fc.weight", "fc.bias"}
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
@@ -76,7 +80,7 @@ def test_linear_probe_leaves_the_backbone_bit_identical(demo_set, start, tmp_pat
     _run("finetune", untrained, f"data.manifest={demo_set}", f"backbone.checkpoint={start}", "adapter.name=linear",
          "backbone.img_size=32", f"augment.enabled={augment}", "data.batch_size=4", "optim.epochs=2",
          "optim.lr=1e-12")
-    head_start = load_file(str(untrained / "model" / "model.safetensors"))["fc.weight"]
+    head_start = load_file(str(untrained / "model" / "adapter.safetensors"))["fc.weight"]
     assert (after["fc.weight"] - head_start).abs().max() > 0.01  # the head did train
     assert metrics["trainable_params"] == after["fc.weight"].numel() + after["fc.bias"].numel()
 
@@ -86,8 +90,7 @@ def test_full_finetune_saves_the_best_epoch_whole(demo_set, start, tmp_path):
     out = tmp_path / "ft"
     metrics = _run("finetune", out, f"data.manifest={demo_set}", f"backbone.checkpoint={start}",
                    "adapter.name=full", "backbone.img_size=32", "data.batch_size=4", "optim.epochs=3")
-    saved_model, _ = backbones.load_classifier(out)
-    from medalign.stages.finetune import _validate
+    saved_model, _, _ = classifier.load(out)
     from medalign.stages import _common as common
     from medalign import engine
     bb = backbones.resolve(BackboneConfig(checkpoint=str(out), img_size=32))
@@ -96,7 +99,8 @@ def test_full_finetune_saves_the_best_epoch_whole(demo_set, start, tmp_path):
     rt = engine.Runtime(torch.device("cpu"))
     ds = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, common.eval_transform(bb, cfg.data.intensity),
                         bb, metrics["classes"])
-    again = _validate(saved_model, common.loader(ds, cfg.data, cfg, rt, train=False), rt, metrics["classes"])
+    probs, targets = engine.predict(saved_model, common.loader(ds, cfg.data, cfg, rt, train=False), rt)
+    again = classification_metrics(targets, probs, metrics["classes"])
     assert again["auroc"] == pytest.approx(metrics["val"]["auroc"])
     assert again["accuracy"] == pytest.approx(metrics["val"]["accuracy"])
 
@@ -206,12 +210,15 @@ def test_a_head_trained_for_the_same_classes_is_kept_a_foreign_one_starts_near_z
     args = [f"data.manifest={demo_set}", "adapter.name=linear", "backbone.img_size=32", "augment.enabled=false",
             "data.batch_size=4", "optim.epochs=1"]
     _run("finetune", tmp_path / "a", *args, f"backbone.checkpoint={start}", "optim.lr=0.05")
-    first = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))["fc.weight"]
-    _run("finetune", tmp_path / "b", *args, f"backbone.checkpoint={tmp_path / 'a'}", "optim.lr=1e-12")
-    again = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))["fc.weight"]
+    first = load_file(str(tmp_path / "a" / "model" / "adapter.safetensors"))["fc.weight"]
+    with pytest.raises(CheckpointError, match="holds an adapter over its base weights.*export --merge"):
+        _run("finetune", tmp_path / "refused", *args, f"backbone.checkpoint={tmp_path / 'a'}")
+    classifier.merge(tmp_path / "a", tmp_path / "merged")
+    _run("finetune", tmp_path / "b", *args, f"backbone.checkpoint={tmp_path / 'merged'}", "optim.lr=1e-12")
+    again = load_file(str(tmp_path / "b" / "model" / "adapter.safetensors"))["fc.weight"]
     torch.testing.assert_close(again, first)  # continued, not replaced
     _run("finetune", tmp_path / "c", *args, f"backbone.checkpoint={start}", "optim.lr=1e-12")
-    fresh = load_file(str(tmp_path / "c" / "model" / "model.safetensors"))["fc.weight"]
+    fresh = load_file(str(tmp_path / "c" / "model" / "adapter.safetensors"))["fc.weight"]
     assert fresh.std() < 0.02 and (fresh - first).abs().max() > 1e-3  # the near-zero start, untrained
 
 

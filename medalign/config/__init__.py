@@ -15,14 +15,15 @@ from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, D
 from medalign.config.ssl import (METHODS, BYOLConfig, DINOv2Config, DinoConfig, MAEConfig, MoCoV3Config,
                                  SimCLRConfig)
 from medalign.config.stages import (STAGES, Candidate, DemoDataConfig, EstimateConfig, EvaluateConfig,
-                                    FinetuneConfig, PretrainConfig, Stage)
+                                    FinetuneConfig, HeadConfig, LossConfig, PretrainConfig, SemiConfig, Stage,
+                                    TaskConfig)
 
 __all__ = [
     "ADAPTERS", "AplaTuning", "AugmentConfig", "BYOLConfig", "BackboneConfig", "BitFitTuning",
     "CTWindow", "Candidate", "DINOv2Config", "DataSection", "DemoDataConfig", "DinoConfig", "DoraAdapter",
     "EstimateConfig", "EvaluateConfig", "ExploraTuning", "FinetuneConfig", "FrozenTuning",
-    "FullAdapter", "Intensity", "LinearAdapter", "LoraAdapter", "MAEConfig", "METHODS", "MoCoV3Config",
-    "MonitorConfig", "OptimConfig", "PartialAdapter", "PretrainConfig", "Runtime", "STAGES", "Section", "SimCLRConfig",
-    "Stage", "TUNINGS", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump",
+    "FullAdapter", "HeadConfig", "Intensity", "LinearAdapter", "LoraAdapter", "LossConfig", "MAEConfig", "METHODS", "MoCoV3Config",
+    "MonitorConfig", "OptimConfig", "PartialAdapter", "PretrainConfig", "Runtime", "STAGES", "Section", "SemiConfig", "SimCLRConfig",
+    "Stage", "TUNINGS", "TaskConfig", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump",
     "load", "read_yaml", "semantic", "validate",
 ]

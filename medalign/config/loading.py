@@ -87,7 +87,7 @@ def validate(cls: type[Section], raw: dict, source: str, overrides: list[str] = 
         override_keys = {o.lstrip("~").partition("=")[0] for o in overrides}
         problems = []
         for err in e.errors():
-            key = _dotted(err["loc"], raw)
+            key = _dotted(err["loc"], raw) or cls.__name__
             origin = "command line" if any(key == k or key.startswith(k + ".") for k in override_keys) else source
             problems.append(f"{key}: {_explain(err, cls, raw)} (in {origin})")
         raise ConfigError("config error: " + "; ".join(problems)) from None
@@ -129,6 +129,9 @@ def _explain(err: dict, cls: type[Section], raw: dict) -> str:
         return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
     if err["type"] == "missing":
         return "required but not set"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):
+        # a check across keys (a model validator): its message names them; the whole section would be noise
+        return err["msg"].removeprefix("Value error, ")
     return f"{err['msg']}, got {err.get('input')!r}"
 
 

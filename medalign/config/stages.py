@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medalign.config.adapters import ADAPTERS, TUNINGS, FullAdapter, LoraAdapter
 from medalign.config.loading import Section, tagged_union
@@ -99,6 +99,41 @@ class FinetuneAugment(AugmentConfig):
 class FinetuneOptim(OptimConfig):
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0)
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better "
+                                 "validation score (null: run every epoch)")
+
+
+class TaskConfig(Section):
+    type: Literal["classification", "multilabel", "ordinal"] = "classification"
+    grades: list[str] | None = Field(None, description="ordinal: the labels from lowest to highest grade "
+                                     "(default: numeric labels in numeric order)")
+    separator: str = Field(";", min_length=1, description="multilabel: what separates classes in a label")
+
+
+class HeadConfig(Section):
+    name: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(256, ge=1, description="mlp: hidden width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout before the last layer")
+
+
+class LossConfig(Section):
+    """Single-label classification's loss; multi-label tasks use BCE, ordinal ones CORAL's."""
+    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+    gamma: float = Field(2.0, ge=0, description="focal: how much easy examples are down-weighted")
+    class_weights: bool = Field(False, description="weigh classes by inverse training frequency "
+                                "(multilabel: BCE pos_weight)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class SemiConfig(Section):
+    """Semi-supervised fine-tuning over the manifest's unlabeled rows (single-label tasks)."""
+    name: Literal["none", "fixmatch", "pseudo_label"] = Field(
+        "none", description="fixmatch (Sohn et al. 2020): confident predictions on a weak view train a strong "
+        "view; pseudo_label (Lee 2013): they train the weak view itself")
+    splits: list[str] = Field(["unlabeled"], min_length=1, description="the unlabeled rows; never val or test")
+    threshold: float = Field(0.95, gt=0, le=1, description="confidence a prediction needs to become a target")
+    mu: int = Field(2, ge=1, description="unlabeled images per labeled one in a batch")
+    lambda_u: float = Field(1.0, ge=0, description="weight of the unlabeled loss")
 
 
 @stage("finetune", "fine-tune on the labeled images: linear probe, LoRA, or all weights")
@@ -106,11 +141,29 @@ class FinetuneConfig(Section):
     seed: int = 0
     backbone: BackboneConfig = BackboneConfig()
     adapter: Adapter = LoraAdapter()
+    task: TaskConfig = TaskConfig()
+    head: HeadConfig = HeadConfig()
+    loss: LossConfig = LossConfig()
+    semi: SemiConfig = SemiConfig()
     data: FinetuneData
     # subclasses, not instances with other values: `optim.epochs=3` alone must keep these defaults
     augment: FinetuneAugment = FinetuneAugment()
     optim: FinetuneOptim = FinetuneOptim()
     runtime: Runtime = Runtime()
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self) -> "FinetuneConfig":
+        if self.task.type != "classification" and (self.loss.name != "cross_entropy" or self.loss.label_smoothing):
+            raise ValueError(f"loss.name={self.loss.name} and loss.label_smoothing are for task.type=classification; "
+                             f"task.type={self.task.type} has its own loss")
+        if self.semi.name != "none":
+            if self.task.type != "classification":
+                raise ValueError(f"semi.name={self.semi.name} is for task.type=classification")
+            held_out = sorted(set(self.semi.splits) & {self.data.val_split, self.data.train_split, "test"})
+            if held_out:
+                raise ValueError(f"semi.splits {held_out}: unlabeled rows come from other splits than "
+                                 "train, val and test")
+        return self
 
     def inputs(self) -> dict[str, str | None]:
         return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint}

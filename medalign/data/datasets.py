@@ -45,15 +45,15 @@ def load_rows(manifest_path: str | Path, splits: list[str] | str,
     return manifest, kept, skipped
 
 
-def write_skipped(out_dir: Path, skipped: list[dict]) -> int:
+def write_skipped(out_dir: Path, skipped: list[dict], name: str = "skipped.csv") -> int:
     """skipped.csv in the stage output; returns the count for metrics.json."""
     if skipped:
-        with (out_dir / "skipped.csv").open("a", newline="") as f:
+        with (out_dir / name).open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "index", "reason"])
             if f.tell() == 0:
                 w.writeheader()
             w.writerows(skipped)
-        log.warning("skipped %d unreadable or missing row(s); listed in %s", len(skipped), out_dir / "skipped.csv")
+        log.warning("skipped %d unreadable or missing row(s); listed in %s", len(skipped), out_dir / name)
     return len(skipped)
 
 
@@ -71,7 +71,8 @@ def class_names(manifest: Manifest, rows: list[dict]) -> list[str]:
 
 
 class ImageDataset(Dataset):
-    """Returns (transform(image), class index), index -1 where no classes are given.
+    """Returns (transform(image), target): the class index, -1 where no classes are given, or the
+    `targets` given (a task's multi-hot vectors or grades).
 
     `reader`: what read_image takes besides the path (window, percentiles). `cache_size`: decode
     and resize every image once into the preprocessing cache ($MEDALIGN_CACHE, default
@@ -79,7 +80,8 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, manifest: Manifest, rows: list[dict], transform: Callable, channels: int,
-                 classes: list[str] | None = None, reader: dict | None = None, cache_size: int | None = None):
+                 classes: list[str] | None = None, reader: dict | None = None, cache_size: int | None = None,
+                 targets: list | None = None):
         self.manifest, self.rows, self.transform, self.channels = manifest, rows, transform, channels
         self.reader = reader or {}
         self.cache = None
@@ -87,8 +89,8 @@ class ImageDataset(Dataset):
             root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
             self.cache = PreprocessCache(root, manifest, rows, channels, cache_size, **self.reader)
             self.cache.fill(progress=True)
-        self.targets = [-1] * len(rows)
-        if classes is not None:
+        self.targets = targets if targets is not None else [-1] * len(rows)
+        if classes is not None and targets is None:
             unknown = sorted({r["label"] for r in rows} - set(classes))
             if unknown:
                 raise DataError(f"manifest {manifest.path}: labels {unknown} are not among the model's "

@@ -29,8 +29,13 @@ class Manifest:
     def image_path(self, row: dict[str, str]) -> Path:
         return self.root / row["path"]
 
-    def select(self, splits: list[str] | str) -> list[dict[str, str]]:
-        """Rows of the given split(s); an empty selection is an error, not an empty epoch."""
+    def select(self, splits: list[str] | str | None) -> list[dict[str, str]]:
+        """Rows of the given split(s), or every row for None; an empty selection is an error, not
+        an empty epoch."""
+        if splits is None:
+            if not self.rows:
+                raise DataError(f"manifest {self.path}: no rows")
+            return list(self.rows)
         wanted = [splits] if isinstance(splits, str) else list(splits)
         if "split" not in self.columns:
             raise DataError(f"manifest {self.path}: has no 'split' column, needed to select {wanted}")

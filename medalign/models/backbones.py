@@ -94,22 +94,6 @@ def create(cfg: BackboneConfig, num_classes: int = 0, **extra) -> torch.nn.Modul
     return resolve(cfg).create(num_classes, **extra)
 
 
-def load_classifier(path: str | Path) -> tuple[torch.nn.Module, Backbone]:
-    """A fine-tuned classifier exactly as saved: strict, since a classifier without its head is none."""
-    weights, meta = checkpoint.locate(path)
-    if not meta or not meta.get("classes"):
-        raise CheckpointError(f"{path} is not a fine-tuned classifier (no classes in its model.json)")
-    a = meta["architecture"]
-    bb = Backbone(a["name"], a["kwargs"], a["in_chans"], meta["img_size"], **meta["normalization"],
-                  weights=weights, meta=meta)
-    model = _build(bb.name, bb.img_size, {**bb.kwargs, "in_chans": bb.in_chans, "num_classes": len(meta["classes"])},
-                   pretrained=False)
-    state = checkpoint.load_state_dict(weights)
-    checkpoint.check_fit(model, state, weights)
-    model.load_state_dict(state)
-    return model, bb
-
-
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Adapts `state` to `model` (input channels, position embeddings, classifier) and loads it."""
     pcfg = model.pretrained_cfg

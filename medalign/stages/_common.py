@@ -33,9 +33,10 @@ def rows(data: config.DataSection, splits: list[str] | str,
 
 
 def dataset(manifest: Manifest, rows: list[dict], data: config.DataSection, intensity: config.Intensity,
-            transform: MultiView, bb: Backbone, classes: list[str] | None = None) -> ImageDataset:
+            transform: MultiView, bb: Backbone, classes: list[str] | None = None,
+            targets: list | None = None) -> ImageDataset:
     return ImageDataset(manifest, rows, transform, bb.in_chans, classes, intensity.reader_args(),
-                        cache_size=bb.img_size if data.cache else None)
+                        cache_size=bb.img_size if data.cache else None, targets=targets)
 
 
 def loader(ds: ImageDataset, data: config.DataSection, run: config.Section, rt: engine.Runtime, *, train: bool):
