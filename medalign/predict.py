@@ -42,19 +42,13 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_csv: Path, *,
 
 def write_predictions(path: Path, rows: list[dict], probs: np.ndarray, task: Task, with_label: bool = False) -> None:
     """path, (label,) prediction and one probability column per class, written atomically."""
+    predicted = task.predicted(probs)
     tmp = path.with_name(f".{path.name}.partial")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", *(["label"] if with_label else []), "prediction", *(f"p_{c}" for c in task.classes)])
-        for row, p in zip(rows, probs):
-            w.writerow([row["path"], *([row.get("label", "")] if with_label else []), _prediction(task, p),
-                        *(f"{v:.6f}" for v in p)])
+        for row, p, k in zip(rows, probs, predicted):
+            label = (task.separator.join(c for c, on in zip(task.classes, k) if on) if task.kind == "multilabel"
+                     else task.classes[int(k)])
+            w.writerow([row["path"], *([row.get("label", "")] if with_label else []), label, *(f"{v:.6f}" for v in p)])
     os.replace(tmp, path)
-
-
-def _prediction(task: Task, p: np.ndarray) -> str:
-    if task.kind == "multilabel":
-        return task.separator.join(c for c, v in zip(task.classes, p) if v >= 0.5)
-    if task.kind == "ordinal":  # CORAL's rule: the grades whose cumulative probability passes 0.5
-        return task.classes[int((1 - np.cumsum(p)[:-1] > 0.5).sum())]
-    return task.classes[int(p.argmax())]

@@ -100,11 +100,18 @@ class Task:
             return logits.sigmoid()
         return logits.softmax(-1)
 
+    def predicted(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices, grades, or 0/1 per class for multi-label."""
+        if self.kind == "ordinal":
+            # CORAL's own rule: the grade is how many cumulative P(y > k) pass 0.5, not the argmax
+            return (1 - np.cumsum(probs, axis=1)[:, :-1] > 0.5).sum(1)
+        if self.kind == "multilabel":
+            return (probs >= 0.5).astype(int)
+        return probs.argmax(1)
+
     def metrics(self, targets: np.ndarray, probs: np.ndarray) -> dict:
         if self.kind == "ordinal":
-            # CORAL's own rule (cumulative probabilities above 0.5) is its prediction, not argmax
-            above = 1 - np.cumsum(probs, axis=1)[:, :-1]
-            return ordinal_metrics(targets, (above > 0.5).sum(1), self.classes)
+            return ordinal_metrics(targets, self.predicted(probs), self.classes)
         if self.kind == "multilabel":
             return multilabel_metrics(targets, probs, self.classes)
         return classification_metrics(targets, probs, self.classes)

@@ -64,7 +64,8 @@ class PretrainData(TrainingData):
     strict: bool = Field(False, description="refuse val/test rows in splits (default: a warning)")
 
 
-@stage("pretrain", "continue self-supervised pretraining (DINO, SimCLR) on unlabeled images")
+@stage("pretrain", "continue self-supervised pretraining (DINO, DINOv2, SimCLR, MoCo v3, BYOL, MAE) on "
+                   "unlabeled images")
 class PretrainConfig(Section):
     seed: int = 0
     backbone: BackboneConfig = BackboneConfig()
@@ -104,21 +105,23 @@ class FinetuneOptim(OptimConfig):
 
 
 class TaskConfig(Section):
-    type: Literal["classification", "multilabel", "ordinal"] = "classification"
+    type: Literal["classification", "multilabel", "ordinal"] = Field(
+        "classification", description="one label per image, several joined by the separator, or ordered grades")
     grades: list[str] | None = Field(None, description="ordinal: the labels from lowest to highest grade "
                                      "(default: numeric labels in numeric order)")
     separator: str = Field(";", min_length=1, description="multilabel: what separates classes in a label")
 
 
 class HeadConfig(Section):
-    name: Literal["linear", "mlp"] = "linear"
+    name: Literal["linear", "mlp"] = Field("linear", description="the classifier: one linear layer, or an MLP")
     hidden: int = Field(256, ge=1, description="mlp: hidden width")
     dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout before the last layer")
 
 
 class LossConfig(Section):
     """Single-label classification's loss; multi-label tasks use BCE, ordinal ones CORAL's."""
-    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+    name: Literal["cross_entropy", "focal"] = Field("cross_entropy", description="focal: Lin et al. 2017, "
+                                                    "for strong class imbalance")
     gamma: float = Field(2.0, ge=0, description="focal: how much easy examples are down-weighted")
     class_weights: bool = Field(False, description="weigh classes by inverse training frequency "
                                 "(multilabel: BCE pos_weight)")
@@ -136,7 +139,8 @@ class SemiConfig(Section):
     lambda_u: float = Field(1.0, ge=0, description="weight of the unlabeled loss")
 
 
-@stage("finetune", "fine-tune on the labeled images: linear probe, LoRA, or all weights")
+@stage("finetune", "fine-tune on the labeled images with an adapter (linear, LoRA/DoRA, APLA, BitFit, "
+                   "partial, full), optionally semi-supervised on the unlabeled ones")
 class FinetuneConfig(Section):
     seed: int = 0
     backbone: BackboneConfig = BackboneConfig()

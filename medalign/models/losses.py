@@ -79,7 +79,3 @@ def coral_probs(logits: torch.Tensor) -> torch.Tensor:
     probs = probs.clamp_min(0)
     return probs / probs.sum(1, keepdim=True)
 
-
-def coral_grade(logits: torch.Tensor) -> torch.Tensor:
-    """Predicted grade: how many of the K-1 cumulative probabilities exceed 0.5."""
-    return (logits > 0).sum(1)
