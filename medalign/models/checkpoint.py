@@ -19,6 +19,7 @@ from medalign.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+ADAPTER = "adapter.safetensors"  # a fine-tuned adapter over its base (models/classifier.py)
 # Wrappers other tools put around a model's keys: DDP, torch.compile.
 _WRAPPERS = ("module.", "_orig_mod.")
 # Where SSL training code keeps the backbone beside its heads and teacher (DINOv2's "backbone.",
@@ -54,7 +55,7 @@ def locate(path: str | Path) -> tuple[Path, dict | None]:
         for folder in (p, p / "checkpoint", p / "model"):
             if (folder / WEIGHTS).is_file():
                 return folder / WEIGHTS, read_meta(folder)
-            if (folder / "adapter.safetensors").is_file():
+            if (folder / ADAPTER).is_file():
                 raise CheckpointError(f"{folder} holds an adapter over its base weights, not a whole model; "
                                       f"merge it first (medalign export --merge {p} OUT) and start from OUT")
         raise CheckpointError(f"no {WEIGHTS} in {p} (nor in its checkpoint/ or model/ folder)")

@@ -25,7 +25,7 @@ from medalign.models import adapters, checkpoint, tuning
 from medalign.models.backbones import Backbone, head_names
 from medalign.tasks import Task
 
-ADAPTER = "adapter.safetensors"
+ADAPTER = checkpoint.ADAPTER
 
 
 def build(bb: Backbone, task: Task, head: config.HeadConfig, keep_head: bool = False) -> nn.Module:

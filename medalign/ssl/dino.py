@@ -63,12 +63,19 @@ class DINO(nn.Module):
 
 @BUILDERS.register("dino")
 def build(method: DinoConfig, cfg: PretrainConfig, backbone: Backbone):
+    views, sizes = multi_crop(method, cfg, backbone)
+    return DINO(method, _sized_for(backbone, sizes)), views
+
+
+def multi_crop(method, cfg: PretrainConfig, backbone: Backbone) -> tuple[MultiView, list[int]]:
+    """DINO's views: two global crops at the backbone's size, then `n_local_crops` at half of it;
+    and the sizes the backbone must take. DINOv2 uses the same."""
     size, local = backbone.img_size, max(backbone.img_size // 2, 16)
     z = cfg.data.intensity.zscore
     views = [train_view(size, cfg.augment, backbone.mean, backbone.std, zscore=z)] * 2
     views += [train_view(local, cfg.augment, backbone.mean, backbone.std, scale=method.local_crop_scale,
                          zscore=z)] * method.n_local_crops
-    return DINO(method, _sized_for(backbone, [size, local] if method.n_local_crops else [size])), MultiView(views)
+    return MultiView(views), [size, local] if method.n_local_crops else [size]
 
 
 def _sized_for(backbone: Backbone, sizes: list[int]):

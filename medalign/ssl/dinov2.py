@@ -19,10 +19,10 @@ from torch import nn
 
 from medalign.config import PretrainConfig
 from medalign.config.ssl import DINOv2Config
-from medalign.data.transforms import MultiView, train_view
 from medalign.errors import ConfigError
 from medalign.models.backbones import Backbone
 from medalign.ssl import BUILDERS
+from medalign.ssl.dino import multi_crop
 from medalign.ssl.mae import masked_vit
 from medalign.ssl.momentum import momentum_copy
 
@@ -86,11 +86,7 @@ class DINOv2(nn.Module):
 
 @BUILDERS.register("dinov2")
 def build(method: DINOv2Config, cfg: PretrainConfig, backbone: Backbone):
-    size, local = backbone.img_size, max(backbone.img_size // 2, 16)
-    z = cfg.data.intensity.zscore
-    views = [train_view(size, cfg.augment, backbone.mean, backbone.std, zscore=z)] * 2
-    views += [train_view(local, cfg.augment, backbone.mean, backbone.std, scale=method.local_crop_scale,
-                         zscore=z)] * method.n_local_crops
+    views, _ = multi_crop(method, cfg, backbone)
 
     def make():
         # local crops are smaller: timm's dynamic_img_size interpolates the position embeddings
@@ -103,4 +99,4 @@ def build(method: DINOv2Config, cfg: PretrainConfig, backbone: Backbone):
     objective = DINOv2(method, make)
     if method.n_local_crops and not getattr(objective.student.vit, "dynamic_img_size", False):
         raise ConfigError(f"backbone {backbone.name} does not take {local} px local crops; set method.n_local_crops=0")
-    return objective, MultiView(views)
+    return objective, views

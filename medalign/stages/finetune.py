@@ -98,9 +98,9 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task.loss(logits, y, cfg.loss, weight)
 
-    def data(rows: list[dict], transform):
+    def data(rows: list[dict], transform, targets: list | None = None):
         return common.dataset(manifest, rows, cfg.data, cfg.data.intensity, transform, bb,
-                              targets=task.targets(rows, manifest))
+                              targets=task.targets(rows, manifest) if targets is None else targets)
 
     evaluation = common.eval_transform(bb, cfg.data.intensity)
     val = common.loader(data(val_rows, evaluation), cfg.data, cfg, rt, train=False)
@@ -110,14 +110,14 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     on_features = cfg.adapter.name == "linear" and not cfg.augment.enabled and len(heads) == 1 \
         and cfg.semi.name == "none"
     if on_features:
-        features = common.features(model, common.loader(data(train_rows, evaluation), cfg.data, cfg, rt, train=False), rt)
+        features = common.features(model, common.loader(data(train_rows, evaluation, train_targets), cfg.data, cfg, rt, train=False), rt)
         val = DataLoader(common.features(model, val, rt), batch_size=cfg.data.batch_size)
         trained = model.get_submodule(heads[0])
         train_data = engine.loader(features, cfg.data.batch_size, rt, train=True)
     else:
         augment = common.train_transform(bb, cfg.augment, cfg.data.intensity, cfg.seed + rt.rank)
         trained = model
-        train_data = common.loader(data(train_rows, augment), cfg.data, cfg, rt, train=True)
+        train_data = common.loader(data(train_rows, augment, train_targets), cfg.data, cfg, rt, train=True)
 
     def validate(m: nn.Module) -> dict:
         probs, targets = engine.predict(m, val, rt, task.probs)
