@@ -68,6 +68,7 @@ def setup(cfg: config.Runtime, seed: int) -> Runtime:
         device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    _reset_peak_memory(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -365,10 +366,24 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Each stage reports its own peak, also when `medalign run` runs many in one process."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the resident-set high-water mark (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory_mib(rt: Runtime) -> float:
-    """CUDA's peak allocation, or on the CPU the process's peak resident set (Linux: KiB)."""
+    """CUDA's peak allocation, or on the CPU the peak resident set since `setup` (elsewhere than
+    Linux: since the process began)."""
     if rt.device.type == "cuda":
         return torch.cuda.max_memory_allocated(rt.device) / 2**20
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 

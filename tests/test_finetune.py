@@ -228,8 +228,21 @@ def test_semi_supervised_fine_tuning_uses_the_unlabeled_pool(tmp_path, demo_set,
     assert metrics["val"]["n"] == 6
 
 
+def test_the_train_rows_outside_the_labeled_subset_can_be_the_pool(tmp_path, demo_set):
+    from medalign.data.split import split
+    few = split(demo_set, tmp_path / "few.csv", keep_split=True, few_shot=[2])
+    common = [f"data.manifest={tmp_path / 'few.csv'}", *VIT, "adapter.name=full", "optim.epochs=1",
+              "semi.name=fixmatch", "semi.splits=[unlabeled, train]"]
+    with pytest.raises(Exception, match=r"semi.splits names the train split 'train': .* so it needs data.subset"):
+        config.load(config.FinetuneConfig, None, common)
+    metrics = _run(tmp_path / "semi", *common, "data.subset=fewshot_k2_s0")
+    labeled = sum(r["fewshot_k2_s0"] == "1" for r in csv.DictReader((tmp_path / "few.csv").open()))
+    assert metrics["train_images"] == labeled < few["splits"]["train"]
+    assert metrics["unlabeled_images"] == few["splits"]["unlabeled"] + few["splits"]["train"] - labeled
+
+
 def test_semi_refuses_held_out_rows_as_unlabeled(demo_set, tmp_path):
-    with pytest.raises(Exception, match=r"semi.splits \['val'\]: unlabeled rows come from other splits"):
+    with pytest.raises(Exception, match=r"semi.splits \['val'\]: unlabeled rows never come from val or test"):
         config.load(config.FinetuneConfig, None, [f"data.manifest={demo_set}", "semi.name=fixmatch",
                                                   "semi.splits=[unlabeled, val]"])
     rows = list(csv.DictReader(demo_set.open()))

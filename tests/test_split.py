@@ -246,3 +246,31 @@ def test_label_with_too_few_patients(tmp_path):
     assert set(report["splits"]) == {"train", "test"} and "val" not in report["carving"]
     with pytest.raises(DataError, match=r"label 'RARE' has only 1 group \(patient\).*3 folds"):
         split(src, tmp_path / "out.csv", fractions=(0.8, 0.0, 0.2), folds=3)
+
+
+def test_keep_split_adds_few_shot_over_an_official_split(tmp_path):
+    official = split(_manifest(tmp_path / "m.csv", n_rows=300, n_unlabeled=5), tmp_path / "official.csv", seed=3)
+    report = split(tmp_path / "official.csv", tmp_path / "out.csv", keep_split=True, few_shot=[0.1],
+                   few_shot_seeds=[0, 1], seed=9)
+    before, after = _read(tmp_path / "official.csv"), _read(tmp_path / "out.csv")
+    assert [r["split"] for r in after] == [r["split"] for r in before]  # seed 9 would carve another split
+    assert report["splits"] == official["splits"] and not report["split_original"]
+    for col in ("fewshot_p10_s0", "fewshot_p10_s1"):
+        assert {r["split"] for r in after if r[col] == "1"} == {"train"}
+    assert [r["fewshot_p10_s0"] for r in after] != [r["fewshot_p10_s1"] for r in after]
+
+
+def test_keep_split_refuses_rows_without_a_split_and_patients_in_two(tmp_path):
+    src = _manifest(tmp_path / "m.csv", split_col="train")
+    rows = _read(src)
+    rows[4]["split"] = ""
+    build.write_csv(src, COLUMNS + ["split"], rows)
+    with pytest.raises(DataError, match=r"line 6: keep_split needs train, val or test on every labeled row, not ''"):
+        split(src, tmp_path / "out.csv", keep_split=True)
+    rows[4]["split"] = "train"
+    twin = next(i for i in range(1, len(rows)) if rows[i]["patient_id"] == rows[i - 1]["patient_id"])
+    rows[twin]["split"] = "test"
+    build.write_csv(src, COLUMNS + ["split"], rows)
+    with pytest.raises(DataError, match=rf"patient_id={rows[twin]['patient_id']} is in both train and test"):
+        split(src, tmp_path / "out.csv", keep_split=True)
+    assert not (tmp_path / "out.csv").exists()

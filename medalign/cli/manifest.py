@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     sp.add_argument("out", type=Path)
     sp.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test (default 0.7,0.15,0.15)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--keep-split", action="store_true",
+                    help="keep the manifest's own train/val/test (an official split); only add folds and few-shot")
     sp.add_argument("--folds", type=int, default=0, help="add a `fold` column over train+val")
     sp.add_argument("--few-shot", default="", help="e.g. 5,10,0.1: k per class or a fraction of train")
     sp.add_argument("--few-shot-seeds", default="0", help="e.g. 0,1,2: one column per subset and seed")
@@ -98,7 +100,8 @@ def _split(args) -> None:
             raise MedalignError(f"not a comma-separated list of numbers: '{text}'") from None
 
     report = split(args.manifest, args.out, fractions=tuple(numbers(args.fractions)), seed=args.seed,
-                   folds=args.folds, few_shot=numbers(args.few_shot), few_shot_seeds=numbers(args.few_shot_seeds, int))
+                   folds=args.folds, few_shot=numbers(args.few_shot), few_shot_seeds=numbers(args.few_shot_seeds, int),
+                   keep_split=args.keep_split)
     print(f"wrote {plural(report['rows'], 'row')} to {report['manifest']}")
     for name, labels in report["counts"].items():
         print(f"  {name}: " + ", ".join(f"{k or '(no label)'} {v}" for k, v in labels.items()))

@@ -133,7 +133,8 @@ class SemiConfig(Section):
     name: Literal["none", "fixmatch", "pseudo_label"] = Field(
         "none", description="fixmatch (Sohn et al. 2020): confident predictions on a weak view train a strong "
         "view; pseudo_label (Lee 2013): they train the weak view itself")
-    splits: list[str] = Field(["unlabeled"], min_length=1, description="the unlabeled rows; never val or test")
+    splits: list[str] = Field(["unlabeled"], min_length=1, description="the unlabeled rows; never val or test. "
+                              "The train split here means its rows outside data.subset, labels withheld")
     threshold: float = Field(0.95, gt=0, le=1, description="confidence a prediction needs to become a target")
     mu: int = Field(2, ge=1, description="unlabeled images per labeled one in a batch")
     lambda_u: float = Field(1.0, ge=0, description="weight of the unlabeled loss")
@@ -163,10 +164,12 @@ class FinetuneConfig(Section):
         if self.semi.name != "none":
             if self.task.type != "classification":
                 raise ValueError(f"semi.name={self.semi.name} is for task.type=classification")
-            held_out = sorted(set(self.semi.splits) & {self.data.val_split, self.data.train_split, "test"})
+            held_out = sorted(set(self.semi.splits) & {self.data.val_split, "test"})
             if held_out:
-                raise ValueError(f"semi.splits {held_out}: unlabeled rows come from other splits than "
-                                 "train, val and test")
+                raise ValueError(f"semi.splits {held_out}: unlabeled rows never come from val or test")
+            if self.data.train_split in self.semi.splits and self.data.subset is None:
+                raise ValueError(f"semi.splits names the train split '{self.data.train_split}': that means its "
+                                 "rows outside data.subset, so it needs data.subset")
         return self
 
     def inputs(self) -> dict[str, str | None]:

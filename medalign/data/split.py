@@ -2,7 +2,8 @@
 
 `split()` reads a manifest, assigns `split` to its labeled rows so that no group (a patient) is in
 two splits, stratified by label as far as grouping allows, and writes a new manifest with the
-atomic `build.write_csv`. Optional extra columns: `fold` (k-fold CV over train+val) and 0/1
+atomic `build.write_csv`; or, with `keep_split`, keeps the split the manifest has (an official
+one) and only adds the columns. Optional extra columns: `fold` (k-fold CV over train+val) and 0/1
 `fewshot_*` columns marking subsets of train.
 
 Approximations, on purpose:
@@ -43,7 +44,7 @@ FRACTION_TOL = 0.02
 
 def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15, 0.15), seed: int = 0,
           group: str | None = "patient_id", stratify: str | None = "label", folds: int = 0,
-          few_shot=(), few_shot_seeds=(0,), keep_unlabeled: bool = True) -> dict:
+          few_shot=(), few_shot_seeds=(0,), keep_unlabeled: bool = True, keep_split: bool = False) -> dict:
     """Writes `out_csv`: the manifest with `split` (train/val/test/unlabeled) and optional `fold`,
     `split_original` and `fewshot_*` columns. Returns a report dict (see the module docstring).
 
@@ -52,6 +53,7 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
     labeled when their `label` is non-empty. `folds=k` (k >= 2) adds `fold` 0..k-1 over train+val.
     `few_shot`: ints k (k images per class) and floats in (0, 1) (fraction of train), each made
     once per seed in `few_shot_seeds`, as columns fewshot_k{k}_s{seed} / fewshot_p{pct}_s{seed}.
+    `keep_split`: every labeled row keeps its train/val/test from the manifest (`fractions` unused).
     """
     manifest = read_manifest(manifest_csv)
     out_csv = Path(out_csv)
@@ -73,23 +75,11 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
     gkey = [f"{group}={r[group]}" if has_group and r[group] else f"\0row{i}" for i, r in enumerate(rows)]
     strat = [r[stratify] if stratify is not None else "" for r in rows]
 
-    # train/val/test over labeled rows
-    needed = [s for s, f in zip(SPLITS, fr) if f > 0]
-    _check_groups_per_value(labeled, strat, gkey, len(needed), f"splits ({'/'.join(needed)})", where, stratify)
-    assign = {i: "train" for i in labeled}
-    carving = {}
-    remaining = list(labeled)
-    for name, f in (("test", fr[2]), ("val", fr[1] / (1.0 - fr[2]) if fr[2] < 1 else 0.0)):
-        if f <= 0:
-            continue
-        n_groups = len({gkey[i] for i in remaining})
-        m, n = _as_folds(f, n_groups, where)
-        fold_of = _group_folds(remaining, strat, gkey, n, seed)
-        carving[name] = {"fraction_of_rest": round(f, 4), "folds_taken": m, "n_splits": n}
-        for i, k in zip(remaining, fold_of):
-            if k < m:
-                assign[i] = name
-        remaining = [i for i in remaining if assign[i] == "train"]
+    if keep_split:
+        assign, carving = _kept(manifest, rows, labeled, gkey, where), {}
+        needed = [s for s in SPLITS if s in assign.values()]
+    else:
+        assign, carving, needed = _carve(labeled, strat, gkey, fr, seed, where, stratify)
 
     # rows without a label
     dropped = 0
@@ -175,6 +165,43 @@ def split(manifest_csv: str | Path, out_csv: str | Path, *, fractions=(0.7, 0.15
     if report_few:
         report["few_shot"] = report_few
     return report
+
+
+def _carve(labeled, strat, gkey, fr, seed, where, stratify) -> tuple[dict[int, str], dict, list[str]]:
+    """train/val/test over the labeled rows: test first, then val from the rest."""
+    needed = [s for s, f in zip(SPLITS, fr) if f > 0]
+    _check_groups_per_value(labeled, strat, gkey, len(needed), f"splits ({'/'.join(needed)})", where, stratify)
+    assign = {i: "train" for i in labeled}
+    carving = {}
+    remaining = list(labeled)
+    for name, f in (("test", fr[2]), ("val", fr[1] / (1.0 - fr[2]) if fr[2] < 1 else 0.0)):
+        if f <= 0:
+            continue
+        n_groups = len({gkey[i] for i in remaining})
+        m, n = _as_folds(f, n_groups, where)
+        fold_of = _group_folds(remaining, strat, gkey, n, seed)
+        carving[name] = {"fraction_of_rest": round(f, 4), "folds_taken": m, "n_splits": n}
+        for i, k in zip(remaining, fold_of):
+            if k < m:
+                assign[i] = name
+        remaining = [i for i in remaining if assign[i] == "train"]
+    return assign, carving, needed
+
+
+def _kept(manifest, rows, labeled, gkey, where) -> dict[int, str]:
+    """The manifest's own split of every labeled row, refused where a group spans two splits."""
+    if "split" not in manifest.columns:
+        raise DataError(f"{where}: keep_split needs a 'split' column")
+    assign, seen = {}, {}
+    for i in labeled:
+        value = rows[i].get("split", "")
+        if value not in SPLITS:
+            raise DataError(f"{where} line {i + 2}: keep_split needs train, val or test on every labeled row, "
+                            f"not {value!r}")
+        if seen.setdefault(gkey[i], value) != value:
+            raise DataError(f"{where} line {i + 2}: {gkey[i]} is in both {seen[gkey[i]]} and {value}")
+        assign[i] = value
+    return assign
 
 
 def _check_fractions(fractions) -> tuple[float, float, float]:

@@ -26,10 +26,14 @@ def rows(data: config.DataSection, splits: list[str] | str,
         offered = [c for c in manifest.columns if c.startswith("fewshot_")]
         raise DataError(f"data.subset: manifest {manifest.path} has no column '{subset}'"
                         + (f" (it has {', '.join(offered)})" if offered else ""))
-    chosen = [r for r in kept if str(r[subset]).strip() in ("1", "1.0", "true", "True")]
+    chosen = [r for r in kept if in_subset(r, subset)]
     if not chosen:
         raise DataError(f"data.subset: no row of split {splits} has {subset}=1 in {manifest.path}")
     return manifest, chosen, skipped
+
+
+def in_subset(row: dict, subset: str) -> bool:
+    return str(row[subset]).strip() in ("1", "1.0", "true", "True")
 
 
 def dataset(manifest: Manifest, rows: list[dict], data: config.DataSection, intensity: config.Intensity,

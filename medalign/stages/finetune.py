@@ -127,7 +127,8 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
         objective = Classifier(trained, loss, validate, task.score, cfg.optim.patience)
     else:
         objective = SemiSupervised(trained, loss, validate, task.score, cfg.optim.patience, semi=cfg.semi)
-        train_data = {"labeled": train_data, "unlabeled": _unlabeled(cfg, manifest, bb, rt)}
+        pool = _unlabeled(cfg, manifest, bb, rt)
+        train_data = {"labeled": train_data, "unlabeled": pool}
     history = engine.fit(objective, train_data, cfg.optim, rt, out_dir, "finetune")
     best = objective.best
     objective.model.load_state_dict(best["state"], strict=False)
@@ -144,15 +145,19 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
             "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
             "peak_memory_mib": engine.peak_memory_mib(rt), "seconds": history[-1]["elapsed_s"],
             "img_per_s": len(train_rows) * len(history) / history[-1]["elapsed_s"],
-            "model": "model", "weights": weights}
+            "model": "model", "weights": weights,
+            **({"unlabeled_images": len(pool.dataset)} if cfg.semi.name != "none" else {})}
 
 
 def _unlabeled(cfg: config.FinetuneConfig, manifest, bb, rt: engine.Runtime) -> DataLoader:
     """The unlabeled pool's loader: a weak view (the fine-tuning augmentation) and, for FixMatch, a
     strong one (the pretraining-strength medical preset, never RandAugment's colour operations)."""
+    train, subset = cfg.data.train_split, cfg.data.subset
     _, rows, _ = common.rows(cfg.data, cfg.semi.splits)
-    labeled = (cfg.data.train_split, cfg.data.val_split, "test")
-    held = {(r["path"], r.get("index", "")) for r in manifest.rows if r.get("split") in labeled}
+    if train in cfg.semi.splits:  # the train rows outside the labeled subset, their labels withheld
+        rows = [r for r in rows if r.get("split") != train or not common.in_subset(r, subset)]
+    held = {(r["path"], r.get("index", "")) for r in manifest.rows if r.get("split") in (cfg.data.val_split, "test")
+            or (r.get("split") == train and (subset is None or common.in_subset(r, subset)))}
     leaked = [r["path"] for r in rows if (r["path"], r.get("index", "")) in held]
     if leaked:
         raise DataError(f"semi.splits: {len(leaked)} unlabeled row(s) are also train, val or test images, "
