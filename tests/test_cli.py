@@ -201,3 +201,23 @@ def test_preempted_stage_exits_75_keeps_its_folder_and_releases_the_lock(capsys,
     cli.main(["demo-data", str(out), *DEMO])
     assert "resuming the run interrupted at step 2/5" in capsys.readouterr().out
     assert store.is_complete(out) and not store.partial_dir(out).exists()
+
+
+def test_manifest_split_keep_split_over_an_official_split(capsys, demo_set, tmp_path):
+    out = tmp_path / "few.csv"
+    cli.main(["manifest", "split", str(demo_set), str(out), "--keep-split", "--few-shot", "0.5",
+              "--few-shot-seeds", "0,1"])
+    assert "columns: fewshot_p50_s0, fewshot_p50_s1" in capsys.readouterr().out
+    import csv
+    before, after = list(csv.DictReader(demo_set.open())), list(csv.DictReader(out.open()))
+    assert [r["split"] for r in after] == [r["split"] for r in before]
+    rows = list(before)
+    i = next(i for i, r in enumerate(rows) if r["label"])
+    rows[i]["split"] = "holdout"
+    broken = tmp_path / "broken.csv"
+    with broken.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    err = fails(capsys, "manifest", "split", str(broken), str(tmp_path / "x.csv"), "--keep-split")
+    assert f"line {i + 2}: keep_split needs train, val or test on every labeled row, not 'holdout'" in err
