@@ -161,7 +161,8 @@ def schedule(n_labeled: int) -> dict:
 
 
 def pipeline(ds: Dataset, manifest: Path, subset: str | None, seed: int, n_labeled: int, arms: dict[str, Arm],
-             size: int, work: Path, fixmatch: str | None = None, quick: bool = False) -> Path:
+             size: int, work: Path, fixmatch: str | None = None, quick: bool = False,
+             pretrain_epochs: int | None = None) -> Path:
     """One subset's pipeline: the used starts' pretraining, estimate, and finetune + evaluate per arm."""
     data = {"manifest": str(manifest), "cache": True}
     labeled = {**data, **({"subset": subset} if subset else {})}
@@ -171,7 +172,7 @@ def pipeline(ds: Dataset, manifest: Path, subset: str | None, seed: int, n_label
         start = STARTS[name]
         if start.pretrain:
             cfg = {"backbone": {**start.backbone, "img_size": size}, "data": {**data, "splits": ["train"]},
-                   "optim": {"epochs": 1 if quick else ds.pretrain_epochs}}
+                   "optim": {"epochs": 1 if quick else pretrain_epochs or ds.pretrain_epochs}}
             steps[step_of(name)] = {"stage": "pretrain", "base": str(ROOT / "configs/pretrain/simclr_resnet18.yaml"),
                                     "config": merge(cfg, start.pretrain)}
     steps["estimate"] = {"config": {
@@ -184,8 +185,9 @@ def pipeline(ds: Dataset, manifest: Path, subset: str | None, seed: int, n_label
                                              merge(dict(arms[fixmatch].overrides), FIXMATCH))
     for arm_name, arm in runs.items():
         ft = slug(arm_name)
-        cfg = {"seed": seed, "backbone": backbone(arm.start, size), "data": labeled,
-               "optim": {"epochs": 1} if quick else schedule(n_labeled)}
+        # a linear probe trains on features computed once: its preset's 50 epochs cost next to nothing
+        optim = {"epochs": 1} if quick else {} if arm.preset == "linear" else schedule(n_labeled)
+        cfg = {"seed": seed, "backbone": backbone(arm.start, size), "data": labeled, "optim": optim}
         steps[f"ft-{ft}"] = {"stage": "finetune", "base": str(ROOT / f"configs/finetune/{arm.preset}.yaml"),
                              "config": merge(cfg, arm.overrides)}
         steps[f"test-{ft}"] = {"stage": "evaluate", "config": {"model": f"${{ft-{ft}}}",
@@ -231,6 +233,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="pixels (224 and --litemedsam want a GPU)")
     ap.add_argument("--litemedsam", action="store_true", help="add the LiteMedSAM linear probe (0.2 s per image "
                                                               "forward at 64 px on 2 CPU cores)")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), help="a subset of the arms (default: all)")
+    ap.add_argument("--fractions", type=float, nargs="+", help="a subset of the label fractions (default: all)")
+    ap.add_argument("--pretrain-epochs", type=int, help="continued pretraining's epochs (default: chest 3, "
+                                                         "breast 10)")
+    ap.add_argument("--no-fixmatch", action="store_true", help="leave out arm 5")
     ap.add_argument("--quick", action="store_true", help="one epoch per step, RESULTS.md left alone: checks "
                                                          "that the benchmark runs, its numbers mean nothing")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "scarce_labels",
@@ -238,10 +245,12 @@ def main() -> None:
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: this benchmark needs ../shared/data")
-    arms = {k: a for k, a in ARMS.items() if args.litemedsam or a.start != "litemedsam"}
+    arms = {k: a for k, a in ARMS.items() if (args.litemedsam or a.start != "litemedsam")
+            and (not args.arms or k in args.arms)}
     work = args.work / f"{args.size}px{'-quick' if args.quick else ''}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "medalign.log"
+    log_start = log.stat().st_size if log.is_file() else 0
     began = time.perf_counter()
     results: dict[str, dict] = {}
     for name in args.datasets:
@@ -249,55 +258,67 @@ def main() -> None:
         manifest = (chest_manifest if name == "chest" else breast_manifest)(work, args.seeds)
         rows = list(csv.DictReader(manifest.open()))
         runs = {}
-        for fraction in ds.fractions:
+        fractions = [f for f in ds.fractions if not args.fractions or f in args.fractions]
+        for fraction in fractions:
             for seed in args.seeds:
                 subset = subset_name(fraction, seed)
                 n = sum(r["split"] == "train" and (subset is None or r[subset] == "1") for r in rows)
-                path = pipeline(ds, manifest, subset, seed, n, arms, args.size, work, quick=args.quick)
+                path = pipeline(ds, manifest, subset, seed, n, arms, args.size, work, quick=args.quick,
+                                pretrain_epochs=args.pretrain_epochs)
                 print(f"{path.name}: {n} labeled training images", flush=True)
                 medalign("run", path, log=log)
                 runs[(fraction, seed)] = (path, n)
         # arm 5: FixMatch on the medalign arm with the best mean val AUROC at 10% labels
         measured = {k: outputs(p) for k, (p, _) in runs.items()}
-        best = max((a for a, arm in arms.items() if arm.group in (3, 4)),
-                   key=lambda a: statistics.mean(measured[(FIXMATCH_AT, s)][f"ft-{slug(a)}"]["val"]["auroc"]
-                                                 for s in args.seeds))
-        for seed in args.seeds:
+        ours = [a for a, arm in arms.items() if arm.group in (3, 4)]
+        best = max(ours, key=lambda a: statistics.mean(
+            measured[(FIXMATCH_AT, s)][f"ft-{slug(a)}"]["val"]["auroc"] for s in args.seeds)) \
+            if ours and FIXMATCH_AT in fractions and not args.no_fixmatch else None
+        for seed in args.seeds if best else []:
             path = pipeline(ds, manifest, subset_name(FIXMATCH_AT, seed), seed, runs[(FIXMATCH_AT, seed)][1], arms,
-                            args.size, work, fixmatch=best, quick=args.quick)
+                            args.size, work, fixmatch=best, quick=args.quick, pretrain_epochs=args.pretrain_epochs)
             print(f"{path.name}: FixMatch on {best}", flush=True)
             medalign("run", path, log=log)
             measured[(FIXMATCH_AT, seed)] = outputs(path)
-        results[name] = {"measured": measured, "labeled": {k: n for k, (_, n) in runs.items()}, "fixmatch": best}
-        write(results, arms, args, time.perf_counter() - began)
+        results[name] = {"measured": measured, "labeled": {k: n for k, (_, n) in runs.items()}, "fixmatch": best,
+                         "fractions": fractions}
+        with log.open() as f:
+            f.seek(log_start)
+            cached = sum("] cached " in line for line in f)
+        write(results, arms, args, time.perf_counter() - began, cached)
 
 
-def write(results: dict, arms: dict[str, Arm], args, seconds: float) -> None:
+def write(results: dict, arms: dict[str, Arm], args, seconds: float, cached: int) -> None:
     import torch
     from scipy.stats import spearmanr
 
-    parts = [HEADING, "",
+    # the default section: every arm and fraction and seed of the datasets run (a dataset may be left out)
+    default = (args.seeds == [0, 1, 2] and not (args.arms or args.fractions or args.litemedsam or
+                                                 args.pretrain_epochs or args.no_fixmatch) and args.size == 64)
+    flags = " ".join(sys.argv[1:])
+    # another setting gets its own section, so the default's stays whole
+    heading = HEADING if default else f"## Scarce labels at {args.size} px, `{flags}`"
+    parts = [heading, "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
-             f"{time.strftime('%Y-%m-%d')}. `python benchmarks/scarce_labels.py --seeds "
-             f"{' '.join(map(str, args.seeds))}{' --litemedsam' if args.litemedsam else ''}` at {args.size} px, "
-             f"1 channel: {seconds / 60:.0f} minutes for what this invocation ran (cached steps cost nothing). "
+             f"{time.strftime('%Y-%m-%d')}. `python benchmarks/scarce_labels.py {flags}` at {args.size} px, "
+             f"1 channel. This invocation: {seconds / 60:.0f} minutes, {cached} steps taken from the cache. "
              "Test AUROC: mean +- standard deviation over seeds, then per seed; Δ: the difference to arm 1 "
-             "(scratch) on the same label subset, per seed. Trainable parameters and fine-tuning seconds and "
-             "peak memory (the process's resident set on the CPU) are the fine-tuning run's; a start's "
+             "(scratch) on the same label subset, per seed; val AUROC: the selected epoch's, mean over seeds. "
+             "Trainable parameters and fine-tuning seconds and peak memory (the process's resident set on the CPU) are the fine-tuning run's; a start's "
              "pretraining is shared by its arms and reported once below. k-NN: `estimate`'s k-NN AUROC (k 20, "
              "val) of the arm's frozen starting point on the same labeled subset, before any fine-tuning.", ""]
     verdicts, curves = [], {}
     for name, r in results.items():
         ds, measured = DATASETS[name], r["measured"]
         parts += [f"### {ds.title}", "", f"Published, same test set: {ds.published}", ""]
-        names = [*arms, f"{r['fixmatch']} + FixMatch"]
-        for fraction in ds.fractions:
+        names = [*arms, *([f"{r['fixmatch']} + FixMatch"] if r["fixmatch"] else [])]
+        for fraction in r["fractions"]:
             n = r["labeled"][(fraction, args.seeds[0])]
             parts += [f"**{fraction:.0%} of the training labels** ({n} images at seed {args.seeds[0]}):", "",
-                      "| arm | start | test AUROC | per seed | Δ vs arm 1 per seed | accuracy | trainable | "
-                      "seconds | peak MiB | k-NN of start |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| arm | start | test AUROC | per seed | Δ vs arm 1 per seed | val AUROC | accuracy | "
+                      "trainable | seconds | peak MiB | k-NN of start |", "|---|---|---|---|---|---|---|---|---|---|---|"]
             knn, final = [], []
-            base = [measured[(fraction, s)]["test-scratch-full"]["auroc"] for s in args.seeds]
+            base = [measured[(fraction, s)].get("test-scratch-full", {}).get("auroc") for s in args.seeds]
             for arm_name in names:
                 ft, te = f"ft-{slug(arm_name)}", f"test-{slug(arm_name)}"
                 got = [measured[(fraction, s)] for s in args.seeds if te in measured[(fraction, s)]]
@@ -311,11 +332,12 @@ def write(results: dict, arms: dict[str, Arm], args, seconds: float) -> None:
                     final.append(statistics.mean(au))
                     curves.setdefault((name, arm_name), {})[fraction] = au
                 f = got[0][ft]
-                delta = ", ".join(f"{a - b:+.3f}" for a, b in zip(au, base))
+                delta = ", ".join(f"{a - b:+.3f}" for a, b in zip(au, base)) if None not in base else ""
                 parts.append(
                     f"| {'5' if arm_name not in arms else arm.group}. {arm_name} | {STARTS[arm.start].label} | "
                     f"{statistics.mean(au):.3f} +- {statistics.pstdev(au):.3f} | {', '.join(f'{a:.3f}' for a in au)} | "
-                    f"{delta if arm.group != 1 else ''} | {statistics.mean(m[te]['accuracy'] for m in got):.3f} | "
+                    f"{delta if arm.group != 1 else ''} | {statistics.mean(m[ft]['val']['auroc'] for m in got):.3f} | "
+                    f"{statistics.mean(m[te]['accuracy'] for m in got):.3f} | "
                     f"{f['trainable_params']:,} ({f['trainable_fraction']:.1%}) | "
                     f"{statistics.mean(m[ft]['seconds'] for m in got):.0f} | "
                     f"{max(m[ft]['peak_memory_mib'] for m in got):.0f} | {k:.3f} |")
@@ -323,17 +345,32 @@ def write(results: dict, arms: dict[str, Arm], args, seconds: float) -> None:
             parts += ["", f"Rank correlation (Spearman) between the start's k-NN AUROC and the arm's test AUROC "
                           f"over the {len(knn)} arms: {rho:+.2f}.", ""]
             verdicts += _verdicts(name, fraction, measured, names, arms, args.seeds)
-        pre = {k: v for k, v in measured[(ds.fractions[0], args.seeds[0])].items() if k.startswith("pretrain-")}
+        pre = {k: v for k, v in measured[(r["fractions"][0], args.seeds[0])].items() if k.startswith("pretrain-")}
         if pre:
             parts += ["Continued pretraining (SimCLR, the pool's images, once per start): " + "; ".join(
                 f"{k[len('pretrain-'):]} {m['seconds'] / 60:.1f} min, {m['img_per_s']:.0f} img/s, "
                 f"peak {m['peak_memory_mib']:.0f} MiB" for k, m in pre.items()) + ".", ""]
-    parts += ["### Targets", "", *[f"- {v}" for v in verdicts], "", f"![AUROC against label fraction]({PLOT.name})", ""]
+    if default and args.datasets == list(DATASETS):
+        span = _span(args.work / f"{args.size}px" / "runs")
+        verdicts.append(f"The whole default benchmark on {os.cpu_count()} CPU cores in <= 90 minutes: "
+                        f"{'met' if span <= 90 else f'missed by {span - 90:.0f} minutes'} ({span:.0f} minutes "
+                        "from the first step's start to the last step's end in the work folder).")
+    parts += ["### Targets", "", *[f"- {v}" for v in verdicts], ""]
+    if default:
+        parts += [f"![AUROC against label fraction]({PLOT.name})", ""]
     section = "\n".join(parts)
     print(section)
     if not args.quick:
-        _plot(curves, results)
-        update_section(HEADING, section)
+        if default:
+            _plot(curves, results)
+        update_section(heading, section)
+
+
+def _span(runs: Path) -> float:
+    """Minutes from the first output's start (its key.json) to the last one's end (its metrics.json)."""
+    starts = [p.stat().st_mtime for p in runs.glob("*/*/key.json")]
+    ends = [p.stat().st_mtime for p in runs.glob("*/*/metrics.json")]
+    return (max(ends) - min(starts)) / 60
 
 
 def _knn(estimate: dict, start: str) -> float:
