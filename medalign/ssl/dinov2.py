@@ -86,7 +86,7 @@ class DINOv2(nn.Module):
 
 @BUILDERS.register("dinov2")
 def build(method: DINOv2Config, cfg: PretrainConfig, backbone: Backbone):
-    views, _ = multi_crop(method, cfg, backbone)
+    views, sizes = multi_crop(method, cfg, backbone)
 
     def make():
         # local crops are smaller: timm's dynamic_img_size interpolates the position embeddings
@@ -98,5 +98,5 @@ def build(method: DINOv2Config, cfg: PretrainConfig, backbone: Backbone):
 
     objective = DINOv2(method, make)
     if method.n_local_crops and not getattr(objective.student.vit, "dynamic_img_size", False):
-        raise ConfigError(f"backbone {backbone.name} does not take {local} px local crops; set method.n_local_crops=0")
+        raise ConfigError(f"backbone {backbone.name} does not take {sizes[-1]} px local crops; set method.n_local_crops=0")
     return objective, views

@@ -153,11 +153,16 @@ def _unlabeled(cfg: config.FinetuneConfig, manifest, bb, rt: engine.Runtime) -> 
     """The unlabeled pool's loader: a weak view (the fine-tuning augmentation) and, for FixMatch, a
     strong one (the pretraining-strength medical preset, never RandAugment's colour operations)."""
     train, subset = cfg.data.train_split, cfg.data.subset
+
+    def labeled(r: dict) -> bool:  # val, test, and the train rows that are this run's labels
+        split = r.get("split")
+        return split in (cfg.data.val_split, "test") or (split == train and (subset is None or
+                                                                              common.in_subset(r, subset)))
+
     _, rows, _ = common.rows(cfg.data, cfg.semi.splits)
-    if train in cfg.semi.splits:  # the train rows outside the labeled subset, their labels withheld
-        rows = [r for r in rows if r.get("split") != train or not common.in_subset(r, subset)]
-    held = {(r["path"], r.get("index", "")) for r in manifest.rows if r.get("split") in (cfg.data.val_split, "test")
-            or (r.get("split") == train and (subset is None or common.in_subset(r, subset)))}
+    # semi.splits may name train: its rows outside the labeled subset, their labels withheld
+    rows = [r for r in rows if r.get("split") != train or not labeled(r)]
+    held = {(r["path"], r.get("index", "")) for r in manifest.rows if labeled(r)}
     leaked = [r["path"] for r in rows if (r["path"], r.get("index", "")) in held]
     if leaked:
         raise DataError(f"semi.splits: {len(leaked)} unlabeled row(s) are also train, val or test images, "
