@@ -17,7 +17,8 @@ on val) and an `evaluate` on test. Arm 5 then adds FixMatch to the medalign arm 
 *val* AUROC at 10% labels (FixMatch's setting, and the headline), so test is touched once per
 model and never used to choose. The tables and the plot
 are regenerated from the pipelines' outputs; rerunning after a crash recomputes only what is missing.
-Writes the section "## Scarce labels" of benchmarks/RESULTS.md and benchmarks/scarce_labels.png.
+Writes one section of benchmarks/RESULTS.md per dataset ("## Scarce labels (...): {dataset}"), so a leg
+reruns alone, and its plot benchmarks/scarce_labels_{dataset}.png.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from results import update_section
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CHEST, BREAST = SHARED / "chest_xray", SHARED / "medmnist" / "breastmnist.npz"
-HEADING = "## Scarce labels: the headline benchmark (`benchmarks/scarce_labels.py`)"
+HEADING = "## Scarce labels (`benchmarks/scarce_labels.py`)"
 PLOT = Path(__file__).resolve().parent / "scarce_labels.png"
 
 
@@ -250,11 +251,11 @@ def main() -> None:
     work = args.work / f"{args.size}px{'-quick' if args.quick else ''}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "medalign.log"
-    log_start = log.stat().st_size if log.is_file() else 0
-    began = time.perf_counter()
-    results: dict[str, dict] = {}
+    total = 0.0
     for name in args.datasets:
         ds = DATASETS[name]
+        log_start = log.stat().st_size if log.is_file() else 0
+        began = time.perf_counter()
         manifest = (chest_manifest if name == "chest" else breast_manifest)(work, args.seeds)
         rows = list(csv.DictReader(manifest.open()))
         runs = {}
@@ -280,97 +281,94 @@ def main() -> None:
             print(f"{path.name}: FixMatch on {best}", flush=True)
             medalign("run", path, log=log)
             measured[(FIXMATCH_AT, seed)] = outputs(path)
-        results[name] = {"measured": measured, "labeled": {k: n for k, (_, n) in runs.items()}, "fixmatch": best,
-                         "fractions": fractions}
         with log.open() as f:
             f.seek(log_start)
             cached = sum("] cached " in line for line in f)
-        write(results, arms, args, time.perf_counter() - began, cached)
+        seconds = time.perf_counter() - began
+        total += seconds
+        last = name == args.datasets[-1] and args.datasets == list(DATASETS)
+        write(ds, {"measured": measured, "labeled": {k: n for k, (_, n) in runs.items()}, "fixmatch": best,
+                   "fractions": fractions}, arms, args, seconds, cached, total if last else None)
 
 
-def write(results: dict, arms: dict[str, Arm], args, seconds: float, cached: int) -> None:
+def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cached: int,
+          total: float | None) -> None:
+    """One dataset's section of RESULTS.md, so that a leg can be rerun alone (`--datasets breast`)."""
     import torch
     from scipy.stats import spearmanr
 
-    # the default section: every arm and fraction and seed of the datasets run (a dataset may be left out)
+    # the default section: every arm and fraction and seed of the dataset
     default = (args.seeds == [0, 1, 2] and not (args.arms or args.fractions or args.litemedsam or
                                                  args.pretrain_epochs or args.no_fixmatch) and args.size == 64)
     flags = " ".join(sys.argv[1:])
     # another setting gets its own section, so the default's stays whole
-    heading = HEADING if default else f"## Scarce labels at {args.size} px, `{flags}`"
+    heading = f"{HEADING}: {ds.title}" if default else f"## Scarce labels at {args.size} px, `{flags}`: {ds.title}"
+    plot = PLOT.with_name(f"{PLOT.stem}_{ds.name}.png")
+    measured = r["measured"]
     parts = [heading, "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
              f"{time.strftime('%Y-%m-%d')}. `python benchmarks/scarce_labels.py {flags}` at {args.size} px, "
-             f"1 channel. This invocation: {seconds / 60:.0f} minutes, {cached} steps taken from the cache. "
+             f"1 channel. This leg: {seconds / 60:.0f} minutes, {cached} steps taken from the cache. "
              "Test AUROC: mean +- standard deviation over seeds, then per seed; Δ: the difference to arm 1 "
              "(scratch) on the same label subset, per seed; val AUROC: the selected epoch's, mean over seeds. "
-             "Trainable parameters and fine-tuning seconds and peak memory (the process's resident set on the CPU) are the fine-tuning run's; a start's "
-             "pretraining is shared by its arms and reported once below. k-NN: `estimate`'s k-NN AUROC (k 20, "
-             "val) of the arm's frozen starting point on the same labeled subset, before any fine-tuning.", ""]
+             "Trainable parameters and fine-tuning seconds and peak memory (the process's resident set on the "
+             "CPU) are the fine-tuning run's; a start's pretraining is shared by its arms and reported once below. "
+             "k-NN: `estimate`'s k-NN AUROC (k 20, val) of the arm's frozen starting point on the same labeled "
+             "subset, before any fine-tuning.", "", f"Published, same test set: {ds.published}", ""]
     verdicts, curves = [], {}
-    for name, r in results.items():
-        ds, measured = DATASETS[name], r["measured"]
-        parts += [f"### {ds.title}", "", f"Published, same test set: {ds.published}", ""]
-        names = [*arms, *([f"{r['fixmatch']} + FixMatch"] if r["fixmatch"] else [])]
-        for fraction in r["fractions"]:
-            n = r["labeled"][(fraction, args.seeds[0])]
-            parts += [f"**{fraction:.0%} of the training labels** ({n} images at seed {args.seeds[0]}):", "",
-                      "| arm | start | test AUROC | per seed | Δ vs arm 1 per seed | val AUROC | accuracy | "
-                      "trainable | seconds | peak MiB | k-NN of start |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-            knn, final = [], []
-            base = [measured[(fraction, s)].get("test-scratch-full", {}).get("auroc") for s in args.seeds]
-            for arm_name in names:
-                ft, te = f"ft-{slug(arm_name)}", f"test-{slug(arm_name)}"
-                got = [measured[(fraction, s)] for s in args.seeds if te in measured[(fraction, s)]]
-                if not got:
-                    continue
-                arm = arms.get(arm_name) or arms[r["fixmatch"]]
-                au = [m[te]["auroc"] for m in got]
-                k = statistics.mean(_knn(m["estimate"], arm.start) for m in got)
-                if len(got) == len(args.seeds):
-                    knn.append(k)
-                    final.append(statistics.mean(au))
-                    curves.setdefault((name, arm_name), {})[fraction] = au
-                f = got[0][ft]
-                delta = ", ".join(f"{a - b:+.3f}" for a, b in zip(au, base)) if None not in base else ""
-                parts.append(
-                    f"| {'5' if arm_name not in arms else arm.group}. {arm_name} | {STARTS[arm.start].label} | "
-                    f"{statistics.mean(au):.3f} +- {statistics.pstdev(au):.3f} | {', '.join(f'{a:.3f}' for a in au)} | "
-                    f"{delta if arm.group != 1 else ''} | {statistics.mean(m[ft]['val']['auroc'] for m in got):.3f} | "
-                    f"{statistics.mean(m[te]['accuracy'] for m in got):.3f} | "
-                    f"{f['trainable_params']:,} ({f['trainable_fraction']:.1%}) | "
-                    f"{statistics.mean(m[ft]['seconds'] for m in got):.0f} | "
-                    f"{max(m[ft]['peak_memory_mib'] for m in got):.0f} | {k:.3f} |")
-            rho = spearmanr(knn, final).statistic if len(knn) > 2 else float("nan")
-            parts += ["", f"Rank correlation (Spearman) between the start's k-NN AUROC and the arm's test AUROC "
-                          f"over the {len(knn)} arms: {rho:+.2f}.", ""]
-            verdicts += _verdicts(name, fraction, measured, names, arms, args.seeds)
-        pre = {k: v for k, v in measured[(r["fractions"][0], args.seeds[0])].items() if k.startswith("pretrain-")}
-        if pre:
-            parts += ["Continued pretraining (SimCLR, the pool's images, once per start): " + "; ".join(
-                f"{k[len('pretrain-'):]} {m['seconds'] / 60:.1f} min, {m['img_per_s']:.0f} img/s, "
-                f"peak {m['peak_memory_mib']:.0f} MiB" for k, m in pre.items()) + ".", ""]
-    if default and args.datasets == list(DATASETS):
-        span = _span(args.work / f"{args.size}px" / "runs")
+    names = [*arms, *([f"{r['fixmatch']} + FixMatch"] if r["fixmatch"] else [])]
+    for fraction in r["fractions"]:
+        n = r["labeled"][(fraction, args.seeds[0])]
+        parts += [f"**{fraction:.0%} of the training labels** ({n} images at seed {args.seeds[0]}):", "",
+                  "| arm | start | test AUROC | per seed | Δ vs arm 1 per seed | val AUROC | accuracy | "
+                  "trainable | seconds | peak MiB | k-NN of start |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        knn, final = [], []
+        base = [measured[(fraction, s)].get("test-scratch-full", {}).get("auroc") for s in args.seeds]
+        for arm_name in names:
+            ft, te = f"ft-{slug(arm_name)}", f"test-{slug(arm_name)}"
+            got = [measured[(fraction, s)] for s in args.seeds if te in measured[(fraction, s)]]
+            if not got:
+                continue
+            arm = arms.get(arm_name) or arms[r["fixmatch"]]
+            au = [m[te]["auroc"] for m in got]
+            k = statistics.mean(_knn(m["estimate"], arm.start) for m in got)
+            if len(got) == len(args.seeds):
+                knn.append(k)
+                final.append(statistics.mean(au))
+                curves.setdefault(arm_name, {})[fraction] = au
+            f = got[0][ft]
+            delta = ", ".join(f"{a - b:+.3f}" for a, b in zip(au, base)) if None not in base else ""
+            parts.append(
+                f"| {'5' if arm_name not in arms else arm.group}. {arm_name} | {STARTS[arm.start].label} | "
+                f"{statistics.mean(au):.3f} +- {statistics.pstdev(au):.3f} | {', '.join(f'{a:.3f}' for a in au)} | "
+                f"{delta if arm.group != 1 else ''} | {statistics.mean(m[ft]['val']['auroc'] for m in got):.3f} | "
+                f"{statistics.mean(m[te]['accuracy'] for m in got):.3f} | "
+                f"{f['trainable_params']:,} ({f['trainable_fraction']:.1%}) | "
+                f"{statistics.mean(m[ft]['seconds'] for m in got):.0f} | "
+                f"{max(m[ft]['peak_memory_mib'] for m in got):.0f} | {k:.3f} |")
+        rho = spearmanr(knn, final).statistic if len(knn) > 2 else float("nan")
+        parts += ["", f"Rank correlation (Spearman) between the start's k-NN AUROC and the arm's test AUROC "
+                      f"over the {len(knn)} arms: {rho:+.2f}.", ""]
+        verdicts += _verdicts(ds.name, fraction, measured, names, arms, args.seeds)
+    pre = {k: v for k, v in measured[(r["fractions"][0], args.seeds[0])].items() if k.startswith("pretrain-")}
+    if pre:
+        parts += ["Continued pretraining (SimCLR, the pool's images, once per start): " + "; ".join(
+            f"{k[len('pretrain-'):]} {m['seconds'] / 60:.1f} min, {m['img_per_s']:.0f} img/s, "
+            f"peak {m['peak_memory_mib']:.0f} MiB" for k, m in pre.items()) + ".", ""]
+    if default and total is not None:
         verdicts.append(f"The whole default benchmark on {os.cpu_count()} CPU cores in <= 90 minutes: "
-                        f"{'met' if span <= 90 else f'missed by {span - 90:.0f} minutes'} ({span:.0f} minutes "
-                        "from the first step's start to the last step's end in the work folder).")
-    parts += ["### Targets", "", *[f"- {v}" for v in verdicts], ""]
+                        f"{'met' if total <= 90 * 60 else f'missed by {total / 60 - 90:.0f} minutes'} "
+                        f"({total / 60:.0f} minutes for both legs in this invocation).")
+    if verdicts:
+        parts += ["**Targets:**", "", *[f"- {v}" for v in verdicts], ""]
     if default:
-        parts += [f"![AUROC against label fraction]({PLOT.name})", ""]
+        parts += [f"![AUROC against label fraction]({plot.name})", ""]
     section = "\n".join(parts)
     print(section)
     if not args.quick:
         if default:
-            _plot(curves, results)
+            _plot(curves, ds.title, plot)
         update_section(heading, section)
-
-
-def _span(runs: Path) -> float:
-    """Minutes from the first output's start (its key.json) to the last one's end (its metrics.json)."""
-    starts = [p.stat().st_mtime for p in runs.glob("*/*/key.json")]
-    ends = [p.stat().st_mtime for p in runs.glob("*/*/metrics.json")]
-    return (max(ends) - min(starts)) / 60
 
 
 def _knn(estimate: dict, start: str) -> float:
@@ -401,26 +399,23 @@ def _verdicts(name: str, fraction: float, measured: dict, names: list[str], arms
     return out
 
 
-def _plot(curves: dict, results: dict) -> None:
+def _plot(curves: dict[str, dict[float, list[float]]], title: str, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], results):
-        for (ds, arm), points in curves.items():
-            if ds != name:
-                continue
-            xs = sorted(points)
-            ax.errorbar([100 * x for x in xs], [statistics.mean(points[x]) for x in xs],
-                        yerr=[statistics.pstdev(points[x]) for x in xs], marker="o", capsize=3, label=arm)
-        ax.set(xscale="log", xlabel="training labels (%)", ylabel="test AUROC", title=DATASETS[name].title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for arm, points in curves.items():
+        xs = sorted(points)
+        ax.errorbar([100 * x for x in xs], [statistics.mean(points[x]) for x in xs],
+                    yerr=[statistics.pstdev(points[x]) for x in xs], marker="o", capsize=3, label=arm)
+    ax.set(xscale="log", xlabel="training labels (%)", ylabel="test AUROC", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = PLOT.with_suffix(".tmp.png")
+    tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
-    tmp.replace(PLOT)
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

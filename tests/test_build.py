@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medalign.data import build
-from medalign.data.manifest import read_manifest
+from medalign.data.manifest import fingerprint, read_manifest
 from medalign.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -155,6 +155,15 @@ def test_npz_export_round_trip(tmp_path):
         assert row["path"] == f"images/{split}_{i:05d}.png"
         np.testing.assert_array_equal(np.asarray(Image.open(manifest.image_path(row))), arrays[f"{split}_images"][i])
         assert row["label"] == str(int(arrays[f"{split}_labels"][i, 0]))
+
+    # a rebuild from the same npz leaves the manifest's fingerprint (and so every cached stage) alone
+    before = fingerprint(tmp_path / "out" / "manifest.csv")
+    build.from_npz(tmp_path / "tiny.npz", tmp_path / "out")
+    assert fingerprint(tmp_path / "out" / "manifest.csv") == before
+    arrays["train_images"][0] ^= 1
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    build.from_npz(tmp_path / "tiny.npz", tmp_path / "out")
+    assert fingerprint(tmp_path / "out" / "manifest.csv") != before
 
     np.savez(tmp_path / "multi.npz", train_images=arrays["train_images"], train_labels=np.zeros((5, 14), np.uint8))
     with pytest.raises(DataError, match="multi-label"):

@@ -15,6 +15,7 @@ beside the data or anywhere else. No torch here; `medalign manifest build` wires
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import tempfile
@@ -325,9 +326,21 @@ def from_npz(npz_path: str | Path, out_dir: str | Path) -> dict:
                 raise DataError(f"{npz_path}: {s}_images is {images.dtype}; expected uint8 or uint16")
             for i, img in enumerate(images):
                 name = f"images/{s}_{i:05d}.png"
-                Image.fromarray(img).save(out_dir / name)
+                png = io.BytesIO()
+                Image.fromarray(img).save(png, format="PNG")
+                _write_if_changed(out_dir / name, png.getvalue())
                 rows.append({"path": name, "label": labels[i], "split": s})
     return _write_rows(manifest, ["path", "label", "split"], rows, [])
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Leaves an identical file untouched: its mtime is part of the manifest's fingerprint, so a
+    rebuild from the same npz keeps every cached stage valid. Otherwise writes atomically."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _npz_labels(data, split: str, n: int, npz_path: Path) -> list[str]:
