@@ -1,6 +1,6 @@
 """The headline benchmark: does domain alignment beat what a user would do anyway, with scarce labels?
 
-    .venv/bin/pip install -e '.[weights,bench]'
+    .venv/bin/pip install -e '.[weights]'
     .venv/bin/python benchmarks/scarce_labels.py [--seeds 0 1 2] [--litemedsam] [--datasets chest breast]
 
 Data (../shared/data): the pediatric chest X-rays with the official PneumoniaMNIST train/val/test

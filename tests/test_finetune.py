@@ -92,7 +92,7 @@ def _x(n: int = 3) -> torch.Tensor:
 def test_a_merged_export_predicts_as_the_adapter_does_and_loads_in_plain_timm(lora_run, tmp_path):
     model, bb, _ = classifier.load(lora_run)
     assert any(".lora_" in k for k in load_file(str(lora_run / "model" / classifier.ADAPTER)))
-    cli.main(["export", "--merge", str(lora_run), str(tmp_path / "merged")])
+    cli.main(["export", "merge", str(lora_run), str(tmp_path / "merged")])
     plain = timm.create_model("test_vit", patch_size=8, img_size=32, in_chans=1, num_classes=2,
                               checkpoint_path=str(tmp_path / "merged" / checkpoint.WEIGHTS))
     with torch.no_grad():

@@ -211,7 +211,7 @@ def test_a_head_trained_for_the_same_classes_is_kept_a_foreign_one_starts_near_z
             "data.batch_size=4", "optim.epochs=1"]
     _run("finetune", tmp_path / "a", *args, f"backbone.checkpoint={start}", "optim.lr=0.05")
     first = load_file(str(tmp_path / "a" / "model" / "adapter.safetensors"))["fc.weight"]
-    with pytest.raises(CheckpointError, match="holds an adapter over its base weights.*export --merge"):
+    with pytest.raises(CheckpointError, match="holds an adapter over its base weights.*export merge"):
         _run("finetune", tmp_path / "refused", *args, f"backbone.checkpoint={tmp_path / 'a'}")
     classifier.merge(tmp_path / "a", tmp_path / "merged")
     _run("finetune", tmp_path / "b", *args, f"backbone.checkpoint={tmp_path / 'merged'}", "optim.lr=1e-12")

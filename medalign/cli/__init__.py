@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medalign import __version__, config
 from medalign.errors import MedalignError
-from medalign.cli import manifest, models, weights
+from medalign.cli import evidence, manifest, models, weights
 from medalign.config import STAGES
 
 
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     manifest.add_parser(sub)
     weights.add_parser(sub)
     models.add_parsers(sub)
+    evidence.add_parsers(sub)
 
     p = sub.add_parser("status", help="show each pipeline step as cached, running, interrupted or stale, and why")
     p.add_argument("pipeline", type=Path)

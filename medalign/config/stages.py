@@ -178,12 +178,42 @@ class FinetuneConfig(Section):
 
 class EvaluateData(DataSection):
     split: str = "test"
+    val_split: str | None = Field("val", description="the rows that choose the operating point (null: none)")
 
 
-@stage("evaluate", "score a fine-tuned model on a held-out split")
+class BootstrapConfig(Section):
+    resamples: int = Field(1000, ge=10, description="bootstrap resamples per interval")
+    seed: int = 0
+    level: float = Field(0.95, gt=0, lt=1)
+    group: str | None = Field("patient_id", description="the column whose values are resampled (patients); "
+                                                        "rows without it, or null, resample images")
+
+
+class OperatingPoint(Section):
+    rule: Literal["youden", "sensitivity"] = Field("youden", description="how validation chooses the threshold")
+    sensitivity: float = Field(0.9, gt=0, le=1, description="rule=sensitivity: the sensitivity to reach on val")
+    threshold: float = Field(0.5, gt=0, lt=1, description="the given threshold, reported besides")
+
+
+class ReportConfig(Section):
+    enabled: bool = Field(True, description="write report.html beside metrics.json")
+    thumbnails: bool = Field(False, description="show the images under the explanation maps")
+    cases: int = Field(2, ge=0, description="explanation maps per class and outcome (correct, wrong)")
+    intended_use: str = "Research use only: not validated for clinical decisions."
+    label_source: str = Field("", description="where the labels came from, for the model card")
+    limitations: list[str] = Field([], description="known limitations, for the model card")
+
+
+@stage("evaluate", "score a fine-tuned model on a held-out split: intervals, subgroups, calibration, a report")
 class EvaluateConfig(Section):
     model: str = Field(..., description="a finetune output folder, or its model/ checkpoint folder")
     data: EvaluateData
+    subgroups: list[str] = Field([], description="manifest columns (site, scanner, sex, age band): metrics per "
+                                                 "value and the gaps between them")
+    min_cases: int = Field(10, ge=1, description="a subgroup needs this many cases of every class for numbers")
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    operating_point: OperatingPoint = OperatingPoint()
+    report: ReportConfig = ReportConfig()
     runtime: Runtime = Runtime()
 
     def inputs(self) -> dict[str, str | None]:

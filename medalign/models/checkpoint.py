@@ -57,7 +57,7 @@ def locate(path: str | Path) -> tuple[Path, dict | None]:
                 return folder / WEIGHTS, read_meta(folder)
             if (folder / ADAPTER).is_file():
                 raise CheckpointError(f"{folder} holds an adapter over its base weights, not a whole model; "
-                                      f"merge it first (medalign export --merge {p} OUT) and start from OUT")
+                                      f"merge it first (medalign export merge {p} OUT) and start from OUT")
         raise CheckpointError(f"no {WEIGHTS} in {p} (nor in its checkpoint/ or model/ folder)")
     if p.is_file():
         return p, read_meta(p.parent) if p.name == WEIGHTS else None

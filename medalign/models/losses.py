@@ -72,8 +72,8 @@ def coral_loss(logits: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
 def coral_probs(logits: torch.Tensor) -> torch.Tensor:
     """Grade probabilities [B, K] as differences of the cumulative P(y > k)."""
     above = torch.sigmoid(logits)
-    ones, zeros = above.new_ones(len(above), 1), above.new_zeros(len(above), 1)
-    probs = torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)
+    ones = torch.ones_like(above[:, :1])  # shaped from the tensor, so a traced export keeps the batch dynamic
+    probs = torch.cat([ones, above], 1) - torch.cat([above, ones - 1], 1)
     # the differences are non-negative only while the biases are ordered: CORAL's training keeps
     # them so in theory, clamping and renormalising guards against the numerical exceptions
     probs = probs.clamp_min(0)

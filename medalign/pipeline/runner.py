@@ -95,6 +95,7 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
             raise
         if metrics is not None:
             echo(f"[{label}] cached  {out}")
+            _report(metrics, out, label, echo)
             ranks.share(("cached", metrics))
             return metrics, True
         ranks.share(("run", partial))
@@ -103,7 +104,13 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
         store.publish(partial, out, metrics)
         ranks.share(("done", metrics))  # and none reads `out` before it is there
         echo(f"[{label}] done    {out}")
+        _report(metrics, out, label, echo)
         return metrics, False
+
+
+def _report(metrics: dict, out: Path, label: str, echo: Callable[[str], None]) -> None:
+    if metrics.get("report"):  # a step that wrote a page says where, so `make demo` ends with its path
+        echo(f"[{label}] report  {out / metrics['report']}")
 
 
 def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, force: bool, label: str,
