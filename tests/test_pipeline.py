@@ -45,6 +45,13 @@ def test_first_run_runs_every_step(pipeline):
     assert [p.name for p in outputs["pretrain"].parent.iterdir()] == [outputs["pretrain"].name]  # no .partial-, .lock-
 
 
+def test_run_ends_with_the_reports_path(pipeline, capsys):
+    path, outputs, _ = pipeline
+    cli.main(["run", str(path)])  # cached: the same outputs, the same last line
+    page = outputs["evaluate"] / "report.html"
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"report: {page}" and page.is_file()
+
+
 def test_training_logs_one_json_line_per_step(pipeline):
     _, outputs, _ = pipeline
     records = [json.loads(line) for line in (outputs["pretrain"] / "log.jsonl").read_text().splitlines()]

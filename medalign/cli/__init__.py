@@ -107,7 +107,10 @@ def _run_pipeline(args) -> None:
     outputs = runner.run(pipeline, force=args.force, lock_timeout=args.lock_timeout)
     last = pipeline.steps[-1].name
     if ranks.rank() == 0:
-        _show(last, json.loads((outputs[last] / "metrics.json").read_text()))
+        metrics = json.loads((outputs[last] / "metrics.json").read_text())
+        _show(last, metrics)
+        if metrics.get("report"):
+            print(f"report: {outputs[last] / metrics['report']}")
 
 
 def _status(args) -> None:
@@ -127,6 +130,11 @@ def _show(name: str, metrics: dict) -> None:
             print(f"  {k:<20} {v:.4f}")
         elif isinstance(v, int | str) or v is None:
             print(f"  {k:<20} {v}")
+    if "per_run" in metrics:  # collect: each metric over the runs
+        pooled = metrics.get("pooled") or {}
+        for k, mean in metrics["mean"].items():
+            print(f"  {k:<20} {mean:.4f} +- {metrics['std'][k]:.4f} over {len(metrics['per_run'][k])} runs"
+                  + (f"; pooled {pooled[k]:.4f}" if isinstance(pooled.get(k), float) else ""))
     cm = metrics.get("confusion_matrix")
     if cm:
         width = max(len(c) for c in cm["classes"]) + 2

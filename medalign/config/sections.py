@@ -78,12 +78,18 @@ CACHE_HELP = ("decode and resize each image once into a memory-mapped cache ($ME
               "default ~/.cache/medalign); later epochs and stages read it")
 
 
+FOLD_HELP = ("k-fold cross-validation over the manifest's `fold` column (`manifest split --folds`): fold k's rows "
+             "are the test split, fold k+1's (mod the number of folds) the val split, the other folds' the train "
+             "split; rows without a fold keep only the unlabeled split")
+
+
 class DataSection(Section):
     """What every stage's data section holds besides its splits."""
     manifest: str = Field(..., description="manifest CSV")
     on_error: Literal["fail", "skip"] = Field("fail", description=ON_ERROR_HELP)
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
+    fold: int | None = Field(None, ge=0, description=FOLD_HELP)
 
 
 class TrainingData(DataSection):

@@ -51,6 +51,8 @@ class DemoDataConfig(Section):
     img_size: int = Field(64, ge=16)
     lesion_fraction: float = Field(0.5, ge=0, le=1)
     seed: int = 0
+    folds: int = Field(0, ge=0, description="k >= 3: a patient-grouped `fold` column over train+val, for "
+                                            "data.fold (k-fold cross-validation)")
 
 
 SSLMethod = tagged_union(METHODS)
@@ -218,6 +220,15 @@ class EvaluateConfig(Section):
 
     def inputs(self) -> dict[str, str | None]:
         return {"model": self.model, "data.manifest": self.data.manifest}
+
+
+@stage("collect", "gather several evaluate outputs (a sweep's seeds, a cross-validation's folds): mean, spread, "
+                  "pooled out-of-fold metrics")
+class CollectConfig(Section):
+    runs: list[str] = Field(..., min_length=1, description='evaluate output folders: ["${evaluate[*]}"] in a pipeline')
+
+    def inputs(self) -> dict[str, str | None]:
+        return {f"runs.{i}": r for i, r in enumerate(self.runs)}
 
 
 # the scores `estimate` knows, in the order of its table (medalign.metrics.transferability)

@@ -39,7 +39,7 @@ def plan(pipeline: Pipeline) -> list[Planned]:
     for step in pipeline.steps:
         rec = cache.record(step.stage, step.cfg, {d: keys[d] for d in step.deps})
         key = keys[step.name] = cache.key_of(rec)
-        planned.append(Planned(step, key, rec, pipeline.workdir / step.name / key))
+        planned.append(Planned(step, key, rec, pipeline.workdir / step.group / key))
     return planned
 
 

@@ -8,10 +8,21 @@
 
 The references make the DAG: a step runs after every step it names. `base` is a stage config file
 (relative to the pipeline file) that `config` is merged over; `stage` defaults to the step's name.
+
+A sweep: `matrix` maps config keys to values, and the step runs once per combination, named
+`finetune[seed=0]` and so on. A step that names a swept step fans out with it (one `evaluate` per
+`finetune`; steps sweeping the same key pair up rather than multiply), and a list item
+`${evaluate[*]}` stands for every run of that step, which is how a `collect` step gathers them:
+
+      finetune: {matrix: {seed: [0, 1, 2]}, config: {...}}
+      evaluate: {config: {model: "${finetune}"}}
+      summary:  {stage: collect, config: {runs: ["${evaluate[*]}"]}}
 """
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +31,21 @@ from medalign import config
 from medalign.errors import ConfigError
 from medalign.config import STAGES
 
-REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
+REF = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\[[^\]]*\])?)\}")  # ${step}, ${step[seed=0]}, ${step[*]}
+EVERY = "[*]"
 
 
 @dataclass
 class Step:
-    name: str
+    name: str  # `finetune`, or `finetune[seed=0]` for one run of a sweep
     stage: str
     raw: dict  # the config with ${refs} unresolved: what the cache key sees
     cfg: config.Section  # raw, validated
     deps: list[str]
+    group: str = ""  # the pipeline file's step name: the runs of a sweep share its output folder
+
+    def __post_init__(self):
+        self.group = self.group or self.name
 
 
 @dataclass
@@ -56,23 +72,93 @@ def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = Non
         if step not in entries or not dot:
             raise ConfigError(f"override {item}: expected STEP.key=value with STEP one of {list(entries)}")
         by_step.setdefault(step, []).append(tilde + rest)
-    steps = [_step(path, name, entry, by_step.get(name, [])) for name, entry in entries.items()]
+    steps = _expand(path, {name: _entry(path, name, entry, by_step.get(name, [])) for name, entry in entries.items()},
+                    by_step)
     workdir = workdir or Path(raw.get("workdir") or Path("runs") / path.stem)
-    return Pipeline(path, workdir, _ordered(path, steps))
+    return Pipeline(path, workdir, steps)
 
 
-def _step(path: Path, name: str, entry, overrides: list[str]) -> Step:
-    if not isinstance(entry, dict) or set(entry) - {"stage", "base", "config"}:
-        raise ConfigError(f"{path}: step '{name}' takes the keys stage, base and config")
+def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, dict[str, list]]:
+    """(stage, raw config, matrix) of one step of the file, before any sweep is expanded."""
+    if not isinstance(entry, dict) or set(entry) - {"stage", "base", "config", "matrix"}:
+        raise ConfigError(f"{path}: step '{name}' takes the keys stage, base, config and matrix")
     stage = entry.get("stage", name)
     if stage not in STAGES:
         raise ConfigError(f"{path}: step '{name}' names unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+    matrix = entry.get("matrix") or {}
+    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+        raise ConfigError(f"{path}: step '{name}': matrix maps config keys to non-empty lists of values")
     raw = config.read_yaml(path.parent / entry["base"]) if entry.get("base") else {}
     _merge(raw, copy.deepcopy(entry.get("config") or {}))
     config.apply_overrides(raw, overrides)
-    source = f"{path} step '{name}'"
-    cfg = config.validate(STAGES[stage].config, raw, source, overrides)  # fail early, before anything runs
-    return Step(name, stage, raw, cfg, deps=sorted(set(REF.findall(str(raw)))))
+    return stage, raw, matrix
+
+
+def _expand(path: Path, entries: dict[str, tuple[str, dict, dict]], overrides: dict[str, list[str]]) -> list[Step]:
+    """One Step per run: a swept step per combination of its matrix, crossed with (or, on a shared
+    key, matched to) the combinations of every swept step it names."""
+    runs: dict[str, list[tuple[dict, str]]] = {}  # step -> [(combination, run name)]
+    steps = []
+    for name in _group_order(path, entries):
+        stage, raw, matrix = entries[name]
+        found = REF.findall(str(raw))
+        refs = {r.removesuffix(EVERY) for r in found}
+        combos = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
+        for dep in sorted(r for r in refs if r in found):  # ${dep[*]} gathers, ${dep} fans out
+            combos = [{**a, **b} for a in combos for b, _ in runs[dep] if _agree(a, b)]
+        runs[name] = []
+        for combo in combos:
+            run = f"{name}[{','.join(f'{k}={v}' for k, v in combo.items())}]" if combo else name
+            r = copy.deepcopy(raw)
+            config.apply_overrides(r, [f"{k}={json.dumps(combo[k])}" for k in matrix])
+            r = _pick(r, {dep: [n for c, n in runs[dep] if _agree(c, combo)] for dep in refs}, f"{path} step '{run}'")
+            # fail early, before anything runs
+            cfg = config.validate(STAGES[stage].config, r, f"{path} step '{run}'", overrides.get(name, []))
+            steps.append(Step(run, stage, r, cfg, deps=sorted(set(REF.findall(str(r)))), group=name))
+            runs[name].append((combo, run))
+    return steps
+
+
+def _agree(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def _pick(raw, runs: dict[str, list[str]], where: str):
+    """Each ${step} -> the one run of it that matches; a list item ${step[*]} -> all of them."""
+    if isinstance(raw, dict):
+        return {k: _pick(v, runs, where) for k, v in raw.items()}
+    if isinstance(raw, list):
+        out = []
+        for v in raw:
+            m = REF.fullmatch(v) if isinstance(v, str) else None
+            if m and m.group(1).endswith(EVERY):
+                out += [f"${{{n}}}" for n in runs[m.group(1).removesuffix(EVERY)]]
+            else:
+                out.append(_pick(v, runs, where))
+        return out
+    if isinstance(raw, str):
+        if EVERY in raw:
+            raise ConfigError(f"{where}: '{raw}': ${{step[*]}} stands for several folders, so it must be a whole "
+                              "list item (runs: [\"${step[*]}\"])")
+        return REF.sub(lambda m: f"${{{runs[m.group(1)][0]}}}", raw)
+    return raw
+
+
+def _group_order(path: Path, entries: dict[str, tuple[str, dict, dict]]) -> list[str]:
+    """The file's steps in an order that puts each after every step it names."""
+    deps = {n: {r.removesuffix(EVERY) for r in REF.findall(str(raw))} for n, (_, raw, _) in entries.items()}
+    for name, names in deps.items():
+        missing = sorted(names - set(entries))
+        if missing:
+            raise ConfigError(f"{path}: step '{name}' refers to unknown step(s) {missing}")
+    done: list[str] = []
+    while len(done) < len(entries):
+        ready = [n for n in entries if n not in done and deps[n] <= set(done)]
+        if not ready:
+            raise ConfigError(f"{path}: steps {[n for n in entries if n not in done]} depend on each other "
+                              "in a cycle")
+        done += ready
+    return done
 
 
 def _merge(base: dict, top: dict) -> None:
@@ -81,23 +167,6 @@ def _merge(base: dict, top: dict) -> None:
             _merge(base[k], v)
         else:
             base[k] = v
-
-
-def _ordered(path: Path, steps: list[Step]) -> list[Step]:
-    names = {s.name for s in steps}
-    for s in steps:
-        missing = [d for d in s.deps if d not in names]
-        if missing:
-            raise ConfigError(f"{path}: step '{s.name}' refers to unknown step(s) {missing}")
-    done: list[Step] = []
-    pending = list(steps)
-    while pending:
-        ready = [s for s in pending if all(d in {x.name for x in done} for d in s.deps)]
-        if not ready:
-            raise ConfigError(f"{path}: steps {[s.name for s in pending]} depend on each other in a cycle")
-        done += ready
-        pending = [s for s in pending if s not in ready]
-    return done
 
 
 def resolve(raw, outputs: dict[str, Path]):

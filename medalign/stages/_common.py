@@ -19,7 +19,10 @@ from medalign.models.backbones import Backbone
 def rows(data: config.DataSection, splits: list[str] | str,
          subset: str | None = None) -> tuple[Manifest, list[dict], list[dict]]:
     """The usable rows of `splits` (and the skipped ones), optionally only those whose `subset` column is 1."""
-    manifest, kept, skipped = load_rows(data.manifest, splits, data.on_error)
+    if data.fold is None:
+        manifest, kept, skipped = load_rows(data.manifest, splits, data.on_error)
+    else:
+        manifest, kept, skipped = _fold_rows(data, [splits] if isinstance(splits, str) else list(splits))
     if subset is None:
         return manifest, kept, skipped
     if subset not in manifest.columns:
@@ -29,6 +32,30 @@ def rows(data: config.DataSection, splits: list[str] | str,
     chosen = [r for r in kept if in_subset(r, subset)]
     if not chosen:
         raise DataError(f"data.subset: no row of split {splits} has {subset}=1 in {manifest.path}")
+    return manifest, chosen, skipped
+
+
+def _fold_rows(data: config.DataSection, splits: list[str]) -> tuple[Manifest, list[dict], list[dict]]:
+    """Cross-validation: each train/val row's split comes from its fold (see config FOLD_HELP); the
+    manifest's own test rows stay out of every fold."""
+    manifest, kept, skipped = load_rows(data.manifest, None, data.on_error)
+    if "fold" not in manifest.columns:
+        raise DataError(f"data.fold: manifest {manifest.path} has no 'fold' column "
+                        "(medalign manifest split --folds K adds one)")
+    folds = sorted({int(r["fold"]) for r in kept if str(r["fold"]).strip()})
+    if data.fold not in folds or len(folds) < 3:
+        raise DataError(f"data.fold={data.fold}: manifest {manifest.path} has folds {folds}; cross-validation here "
+                        "needs at least 3 (one to test, one to validate, the rest to train)")
+    test, val = data.fold, folds[(folds.index(data.fold) + 1) % len(folds)]
+
+    def split(r: dict) -> str:
+        if not str(r["fold"]).strip():
+            return "unlabeled" if r.get("split") == "unlabeled" else "outside the folds"
+        return {test: "test", val: "val"}.get(int(r["fold"]), "train")
+    chosen = [{**r, "split": split(r)} for r in kept]
+    chosen = [r for r in chosen if r["split"] in splits]
+    if not chosen:
+        raise DataError(f"data.fold={data.fold}: no row of split {splits} in {manifest.path}")
     return manifest, chosen, skipped
 
 
