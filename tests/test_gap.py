@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 
-from medalign import config
+from medalign import cli, config
+from medalign.cli.evidence import DRIFT_EXIT
 from medalign.data import demo
-from medalign.gap import drift, gap
+from medalign.gap import gap
 
 
 def _by_site(manifest: Path, site: str, out: Path) -> Path:
@@ -47,8 +49,20 @@ def test_drift_flags_the_other_scanner(draws, tmp_path, demo_set):
                                            "backbone.img_size=32", "adapter.name=full", "optim.epochs=1"])
     (tmp_path / "ft").mkdir()
     stage.run(cfg, tmp_path / "ft")
-    shifted = drift(draws[1, "scanner_a"], draws[2, "scanner_b"], tmp_path / "ft", permutations=200, device="cpu")
-    fresh = drift(draws[1, "scanner_a"], draws[2, "scanner_a"], tmp_path / "ft", permutations=200, device="cpu")
-    assert shifted["drift"] and not fresh["drift"]
+
+    def medalign_drift(new: Path) -> tuple[int, dict]:  # the command a scheduled job runs, and its exit code
+        args = ["drift", str(draws[1, "scanner_a"]), str(new), "--model", str(tmp_path / "ft"), "--permutations",
+                "200", "--device", "cpu", "--json", str(tmp_path / "drift.json")]
+        try:
+            cli.main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, json.loads((tmp_path / "drift.json").read_text())
+
+    code, shifted = medalign_drift(draws[2, "scanner_b"])
+    assert code == DRIFT_EXIT == 4 and shifted["drift"]
+    code, fresh = medalign_drift(draws[2, "scanner_a"])
+    assert code == 0 and not fresh["drift"]
     freq = fresh["predicted_frequencies"]
     assert freq["classes"] == ["lesion", "normal"] and abs(sum(freq["new"]) - 1) < 1e-9
