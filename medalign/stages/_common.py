@@ -42,7 +42,10 @@ def _fold_rows(data: config.DataSection, splits: list[str]) -> tuple[Manifest, l
     if "fold" not in manifest.columns:
         raise DataError(f"data.fold: manifest {manifest.path} has no 'fold' column "
                         "(medalign manifest split --folds K adds one)")
-    folds = sorted({int(r["fold"]) for r in kept if str(r["fold"]).strip()})
+    try:
+        folds = sorted({int(r["fold"]) for r in kept if str(r["fold"]).strip()})
+    except ValueError:
+        raise DataError(f"data.fold: manifest {manifest.path} has a 'fold' value that is not an integer") from None
     if data.fold not in folds or len(folds) < 3:
         raise DataError(f"data.fold={data.fold}: manifest {manifest.path} has folds {folds}; cross-validation here "
                         "needs at least 3 (one to test, one to validate, the rest to train)")

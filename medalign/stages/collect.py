@@ -44,6 +44,8 @@ def _pooled(runs: list[Path], first: dict) -> dict:
     """The runs' predictions as one set, when they score disjoint images (folds), else why not."""
     if first.get("task") == "multilabel":
         return {"pooled": None, "pooled_why_not": "multi-label runs are not pooled"}
+    if not all((r / "predictions.csv").is_file() for r in runs):
+        return {"pooled": None, "pooled_why_not": "a run has no predictions.csv"}
     rows = []
     for r in runs:
         with (r / "predictions.csv").open(newline="") as f:
