@@ -1,4 +1,8 @@
-"""Errors a user can act on: the CLI prints them as one line and exits non-zero, no traceback."""
+"""Errors a user can act on: the CLI prints them as one line and exits non-zero, no traceback.
+
+Exit codes (docs/scheduling.md): 0 done; 1 a stage failed; 2 bad config or input; 3 lock timeout;
+4 drift detected (`medalign drift`); 75 preempted, resumable.
+"""
 
 
 class MedalignError(Exception):
@@ -14,9 +18,13 @@ class ConfigError(MedalignError):
 class DataError(MedalignError):
     """A manifest or image that cannot be used as it is."""
 
+    exit_code = 2  # bad input, as a bad config is: rerunning will not help, fixing the input will
+
 
 class CheckpointError(MedalignError):
     """A weights file that does not fit the model it is loaded into."""
+
+    exit_code = 2
 
 
 def one_line(e: BaseException) -> str:

@@ -20,8 +20,8 @@ def medalign(*args, **kw):
 def test_help_lists_stages_and_each_stage_its_keys():
     out = medalign("--help").stdout
     commands = re.findall(r"^ {4}(\S+)", out.split("commands:")[1], re.M)  # one entry per subcommand
-    assert sorted(commands) == sorted([*STAGES, "run", "status", "manifest", "weights", "predict", "export", "report",
-                                          "gap", "drift"])
+    assert sorted(commands) == sorted([*STAGES, "run", "status", "history", "gc", "manifest", "weights", "predict",
+                                       "export", "report", "gap", "drift"])
     finetune = medalign("finetune", "--help").stdout
     assert "--config" in finetune and "optim.lr" in finetune and "adapter.name" in finetune
     for command in ("finetune", "run"):
@@ -43,7 +43,7 @@ def test_missing_images_are_all_listed_without_traceback(demo_set, tmp_path):
     for g in gone:
         (demo_set.parent / g).unlink()
     r = medalign("pretrain", f"data.manifest={demo_set}", "--out", str(tmp_path / "out"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and "3 of" in line and all(g in line for g in gone)
     assert not (tmp_path / "out").exists() and not (tmp_path / ".lock-out").exists()
@@ -136,7 +136,7 @@ def test_manifest_build_then_validate_finds_a_leak(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["manifest", "validate", str(m)])
     out = capsys.readouterr().out
-    assert e.value.code == 1 and "copy.png" in out and "0.png" in out and "error(s)" in out
+    assert e.value.code == 2 and "copy.png" in out and "0.png" in out and "error(s)" in out
 
 
 def test_on_error_skip_lists_bad_rows_and_counts_them(capsys, demo_set, tmp_path):

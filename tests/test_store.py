@@ -36,9 +36,9 @@ class FakeStage:
 def execute(stage, out, seed=0, **kw):
     cfg = DemoDataConfig(seed=seed)
     lines = []
-    metrics, was_cached = runner.execute(stage, cfg, out, cache.record("demo-data", cfg, {}), label="step",
+    metrics, outcome = runner.execute(stage, cfg, out, cache.record("demo-data", cfg, {}), label="step",
                                          echo=lines.append, **kw)
-    return metrics, was_cached, lines
+    return metrics, outcome, lines
 
 
 @pytest.fixture
@@ -49,9 +49,9 @@ def keyed(tmp_path):
 
 def test_second_run_is_cached_without_running_the_stage(keyed):
     stage = FakeStage()
-    assert execute(stage, keyed)[:2] == ({"lines": 1}, False)
-    metrics, was_cached, lines = execute(stage, keyed)
-    assert (metrics, was_cached, stage.calls) == ({"lines": 1}, True, 1)
+    assert execute(stage, keyed)[:2] == ({"lines": 1}, "ran")
+    metrics, outcome, lines = execute(stage, keyed)
+    assert (metrics, outcome, stage.calls) == ({"lines": 1}, "cached", 1)
     assert lines == [f"[step] cached  {keyed}"]
     for name in ("config.yaml", "key.json", "metrics.json", store.COMPLETE):
         assert (keyed / name).is_file()
@@ -68,8 +68,8 @@ def test_failed_run_keeps_its_folder_and_the_next_run_adopts_it(keyed, error):
     assert not store.lock_path(keyed).exists()
     lock.acquire(store.lock_path(keyed), str(keyed), timeout=0).release()  # released, not just unlinked
 
-    metrics, was_cached, lines = execute(FakeStage(), keyed)
-    assert metrics == {"lines": 2} and not was_cached  # the second line went into the adopted folder
+    metrics, outcome, lines = execute(FakeStage(), keyed)
+    assert metrics == {"lines": 2} and outcome == "resumed"  # the second line went into the adopted folder
     assert "[step] running demo-data: resuming the run interrupted at step 3/10" in lines
     assert not partial.exists() and (keyed / "work.txt").read_text() == "seed 0\nseed 0\n"
 
@@ -103,8 +103,8 @@ def test_force_replaces_a_complete_output_that_is_never_half_there(keyed, monkey
             assert (keyed / "old.txt").is_file() and store.is_complete(keyed)  # untouched while the new one runs
             return super().run(cfg, out_dir)
 
-    metrics, was_cached, lines = execute(Checking(), keyed, force=True)
-    assert metrics == {"lines": 1} and not was_cached and "[step] running demo-data: forced" in lines
+    metrics, outcome, lines = execute(Checking(), keyed, force=True)
+    assert metrics == {"lines": 1} and outcome == "ran" and "[step] running demo-data: forced" in lines
     # the old output moves aside whole, the complete new one takes its name, then the old one goes
     old = renames[0][1]
     assert renames == [(keyed.name, old, True), (f".partial-{keyed.name}", keyed.name, True)]
@@ -138,8 +138,8 @@ def test_explicit_out_starts_over_when_the_other_run_left_nothing_to_resume(tmp_
 def test_explicit_out_with_another_record_is_rerun_and_replaced(tmp_path):
     out = tmp_path / "x"
     execute(FakeStage(), out, seed=0)
-    metrics, was_cached, lines = execute(FakeStage(), out, seed=1)
-    assert not was_cached and "[step] running demo-data: config seed 0 -> 1" in lines
+    metrics, outcome, lines = execute(FakeStage(), out, seed=1)
+    assert outcome == "ran" and "[step] running demo-data: config seed 0 -> 1" in lines
     assert json.loads((out / "key.json").read_text())["config"]["seed"] == 1
 
 

@@ -331,7 +331,7 @@ def test_manifest_that_is_not_text_is_one_line(tmp_path, capsys):
     assert "NUL" in validate(tmp_path / "nul.csv").errors[0]
     with pytest.raises(SystemExit) as e:
         cli.main(["manifest", "validate", str(binary)])
-    assert e.value.code == 1 and "Traceback" not in capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
 
 
 def _near_copy(a: np.ndarray, seed: int = 100, sigma: float = 10.0) -> np.ndarray:
@@ -408,7 +408,7 @@ def test_cli_json_and_csv_reports(tmp_path, capsys):
     problems = tmp_path / "out" / "problems.csv"
     with pytest.raises(SystemExit) as e:
         cli.main(["manifest", "validate", str(manifest), "--json", "--csv", str(problems)])
-    assert e.value.code == 1
+    assert e.value.code == 2
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is False and data["stats"]["rows"] == 6
     assert {p["kind"] for p in data["problems"]} >= {"missing", "byte-identical across splits"}

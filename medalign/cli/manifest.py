@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from medalign.errors import MedalignError
+from medalign.errors import DataError, MedalignError
 
 
 def add_parser(sub) -> None:
@@ -120,4 +120,4 @@ def _validate(args) -> None:
         report.write_csv(args.csv)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.format(limit=args.limit or None))
     if not report.ok:
-        sys.exit(1)
+        sys.exit(DataError.exit_code)  # bad input, as a stage would call it

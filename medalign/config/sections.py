@@ -83,6 +83,11 @@ FOLD_HELP = ("k-fold cross-validation over the manifest's `fold` column (`manife
              "split; rows without a fold keep only the unlabeled split")
 
 
+FINGERPRINT_HELP = ("what of each image enters the cache key: stat (size and mtime: fast; a copy that resets "
+                    "mtimes reruns) or content (sha256 of the bytes, remembered by size, mtime and ctime so a second pass "
+                    "reads nothing)")
+
+
 class DataSection(Section):
     """What every stage's data section holds besides its splits."""
     manifest: str = Field(..., description="manifest CSV")
@@ -90,6 +95,7 @@ class DataSection(Section):
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
     fold: int | None = Field(None, ge=0, description=FOLD_HELP)
+    fingerprint: Literal["stat", "content"] = Field("stat", description=FINGERPRINT_HELP)
 
 
 class TrainingData(DataSection):

@@ -125,23 +125,40 @@ def check_files(manifest: Manifest, rows: list[dict[str, str]]) -> None:
                         + ", ".join(missing))
 
 
-def fingerprint(path: str | Path) -> str:
-    """sha256 of the manifest's bytes and each image's path, size and mtime.
-
-    Sizes and mtimes instead of image hashes: a nightly job over a large archive must not re-read
-    every pixel to learn that nothing changed. A copy that resets mtimes reruns stages; that errs on
-    the safe side.
-    """
+def fingerprint(path: str | Path, content: bool = False) -> str:
+    """sha256 of the manifest's bytes and each image's path and signature (see `inventory`)."""
     manifest = read_manifest(path)
     h = hashlib.sha256(manifest.path.read_bytes())
+    signatures = inventory(manifest, content)
     for row in manifest.rows:
-        p = manifest.image_path(row)
+        h.update(f"{row['path']}\0{signatures[row['path']]}\n".encode())
+    return h.hexdigest()
+
+
+def inventory(manifest: Manifest | str | Path, content: bool = False) -> dict[str, str]:
+    """Each image file of the manifest -> its signature: `size\0mtime_ns`, or with `content` its sha256.
+
+    Sizes and mtimes by default: a nightly job over a large archive must not re-read every pixel to
+    learn that nothing changed; a copy that resets mtimes reruns stages, which errs on the safe side.
+    Content hashes survive such a copy and catch an edit that keeps size and mtime; they are cached
+    by size, mtime and ctime (medalign.data.hashes), so a second pass reads no image either.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest)
+    files = {row["path"]: manifest.image_path(row) for row in manifest.rows}
+    stats = {}
+    for rel, p in files.items():
         try:
             st = p.stat()
-            h.update(f"{row['path']}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            stats[rel] = (st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
-            h.update(f"{row['path']}\0missing\n".encode())
-    return h.hexdigest()
+            stats[rel] = None
+    if content:
+        from medalign.data.hashes import content_hashes  # sqlite: only for those who ask
+
+        hashes = content_hashes([files[rel] for rel, st in stats.items() if st is not None])
+        return {rel: hashes[files[rel]] if st else "missing" for rel, st in stats.items()}
+    return {rel: f"{st[0]}\0{st[1]}" if st else "missing" for rel, st in stats.items()}
 
 
 def file_sha256(path: Path) -> str:

@@ -3,7 +3,9 @@
 key = sha256 of canonical JSON of {stage, config without cosmetic fields, upstream keys, input
 fingerprints, medalign version}. Inputs produced by an upstream step are covered by its key and
 not fingerprinted again; outside inputs (manifests, weights) are fingerprinted from their files,
-and their paths are made absolute: `m.csv` and `/data/m.csv` spell the same input.
+and their paths are made absolute: `m.csv` and `/data/m.csv` spell the same input. A manifest's
+fingerprint covers the images it lists (`data.fingerprint`: their size and mtime, or their content);
+each output keeps the list (INVENTORY) so that `explain` can say how many images came and went.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ import os
 from pathlib import Path
 
 from medalign import __version__, config
-from medalign.data.manifest import fingerprint as manifest_fingerprint
+from medalign.data import manifest
 from medalign.pipeline import store
 from medalign.pipeline.spec import REF
 
 KEY_LENGTH = 16  # hex characters of the sha256 in folder names; 64 bits is plenty per step
+INVENTORY = "inputs.json"
 
 
 def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
-    outside = {k: v for k, v in getattr(cfg, "inputs", dict)().items() if v and not REF.search(v)}
+    outside = _outside(cfg)
     semantic = config.semantic(cfg)
     for dotted, path in outside.items():
         *parents, leaf = dotted.split(".")
@@ -32,9 +35,31 @@ def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
         "stage": stage,
         "config": semantic,
         "upstream": upstream,
-        "inputs": {k: fingerprint(v) for k, v in outside.items()},
+        "inputs": {k: fingerprint(v, _by_content(cfg, k)) for k, v in outside.items()},
         "version": __version__,
     }
+
+
+def inventories(cfg: config.Section) -> dict[str, dict]:
+    """For each outside manifest: its bytes' sha256 and every image's signature, as `record` saw them."""
+    return {k: {"manifest_sha256": manifest.file_sha256(Path(v)), "images": manifest.inventory(v, _by_content(cfg, k))}
+            for k, v in _outside(cfg).items() if _is_manifest(v)}
+
+
+def _outside(cfg: config.Section) -> dict[str, str]:
+    return {k: v for k, v in getattr(cfg, "inputs", dict)().items() if v and not REF.search(v)}
+
+
+def _by_content(cfg: config.Section, dotted: str) -> bool:
+    """`data.manifest` follows `data.fingerprint`; inputs in sections without that key go by stat."""
+    section = cfg
+    for part in dotted.split(".")[:-1]:
+        section = section[int(part)] if isinstance(section, list) else getattr(section, part)
+    return getattr(section, "fingerprint", "stat") == "content"
+
+
+def _is_manifest(path: str) -> bool:
+    return Path(path).suffix == ".csv" and Path(path).is_file()
 
 
 def _step(section: dict | list, part: str) -> str | int:
@@ -46,10 +71,10 @@ def key_of(rec: dict) -> str:
     return config.digest(rec)[:KEY_LENGTH]
 
 
-def fingerprint(path: str) -> str:
+def fingerprint(path: str, content: bool = False) -> str:
     p = Path(path)
-    if p.is_file() and p.suffix == ".csv":
-        return manifest_fingerprint(p)
+    if _is_manifest(path):
+        return manifest.fingerprint(p, content)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
     if not files:
         return "missing"
@@ -75,7 +100,45 @@ def explain(out: Path, rec: dict) -> str:
         old = json.loads((prev / "key.json").read_text())
     except (OSError, ValueError):
         return f"{prev / 'key.json'} is unreadable"
-    return "; ".join(diff(old, rec)) or "inputs changed"
+    reasons = diff(old, rec)
+    for i, reason in enumerate(reasons):
+        if reason.startswith("input "):
+            reasons[i] = "; ".join(_input_changes(prev, old, rec))
+    return "; ".join(reasons) or "inputs changed"
+
+
+def _input_changes(prev: Path, old: dict, new: dict) -> list[str]:
+    """One phrase per changed input; a manifest's says how many of its images came, went or changed."""
+    try:
+        saved = json.loads((prev / INVENTORY).read_text())
+    except (OSError, ValueError):
+        saved = {}  # an output from before inventories were kept
+    phrases = []
+    for name, fp in new["inputs"].items():
+        if old.get("inputs", {}).get(name) == fp:
+            continue
+        *parents, leaf = name.split(".")
+        section = new["config"]
+        for part in parents:
+            section = section[_step(section, part)]
+        path = section[_step(section, leaf)]
+        if name not in saved or not _is_manifest(path):
+            phrases.append(f"input {name} changed")
+            continue
+        was = saved[name]["images"]
+        now = manifest.inventory(path, isinstance(section, dict) and section.get("fingerprint") == "content")
+        counts = [(n, verb) for n, verb in ((sum(f not in was for f in now), "added"),
+                                            (sum(f not in now for f in was), "removed"),
+                                            (sum(f in was and now[f] != was[f] for f in now), "changed")) if n]
+        if counts:
+            (n, verb), rest = counts[0], counts[1:]
+            said = ", ".join([f"{manifest.plural(n, 'image')} {verb}"] + [f"{m} {v}" for m, v in rest])
+        elif manifest.file_sha256(Path(path)) != saved[name]["manifest_sha256"]:
+            said = "its rows changed, none of its images"
+        else:
+            said = "fingerprinted another way (data.fingerprint)"
+        phrases.append(f"input {name}: {said}")
+    return phrases
 
 
 def diff(old: dict, new: dict) -> list[str]:

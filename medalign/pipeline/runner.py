@@ -11,14 +11,16 @@ import contextlib
 import functools
 import json
 import shutil
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from medalign import config
 from medalign.config import STAGES, Stage
-from medalign.errors import MedalignError
-from medalign.pipeline import cache, lock, ranks, store
+from medalign.errors import ConfigError, MedalignError
+from medalign.pipeline import cache, history, lock, ranks, store
 from medalign.pipeline.spec import Pipeline, Step, resolve
 
 say = functools.partial(print, flush=True)  # progress lines reach a log file as they happen
@@ -57,21 +59,110 @@ def state(p: Planned) -> tuple[str, str]:
     return "stale", cache.explain(p.out, p.record)
 
 
-def run(pipeline: Pipeline, force: bool = False, lock_timeout: float | None = None,
-        echo: Callable[[str], None] = say) -> dict[str, Path]:
-    """Runs the steps in order, each through `execute`; returns every step's output folder."""
-    outputs: dict[str, Path] = {}
-    for p in plan(pipeline):
-        outputs[p.step.name] = p.out
-        stage = STAGES[p.step.stage]
-        cfg = config.validate(stage.config, resolve(p.step.raw, outputs), f"{pipeline.path} step '{p.step.name}'")
-        execute(stage, cfg, p.out, p.record, label=p.step.name, force=force, lock_timeout=lock_timeout, echo=echo)
+def describe(p: Planned) -> dict:
+    """A step as `status --json` prints it."""
+    st, detail = state(p)
+    return {"step": p.step.name, "group": p.step.group, "stage": p.step.stage, "key": p.key, "out": str(p.out),
+            "state": st, "detail": detail}
+
+
+ACTIONS = {"cached": "keep", "stale": "run", "interrupted": "resume", "running": "wait for it"}
+
+
+def preview(pipeline: Pipeline, *, only: list[str] = (), until: str | None = None,
+            force: bool | Collection[str] = False) -> list[dict]:
+    """What `run` would do with each selected step (`--dry-run`), running nothing."""
+    rows = []
+    for p in select(plan(pipeline), only, until):
+        row = describe(p)
+        forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
+        row["action"] = "run (forced)" if forced and row["state"] != "running" else ACTIONS[row["state"]]
+        rows.append(row)
+    return rows
+
+
+def select(planned: list[Planned], only: list[str] = (), until: str | None = None) -> list[Planned]:
+    """The steps `--only` names (a step of the file stands for all its sweep runs), or `--until`'s
+    step with everything it depends on; every step when neither is given."""
+    named = {n for p in planned for n in (p.step.name, p.step.group)}
+    for name in [*only, *([until] if until else [])]:
+        if name not in named:
+            raise ConfigError(f"no step '{name}' in the pipeline (steps: {', '.join(dict.fromkeys(p.step.name for p in planned))})")
+    if only:
+        return [p for p in planned if {p.step.name, p.step.group} & set(only)]
+    if until:
+        wanted = {p.step.name for p in planned if until in (p.step.name, p.step.group)}
+        for p in reversed(planned):  # dependencies come earlier in `planned`, so one pass back suffices
+            if p.step.name in wanted:
+                wanted.update(p.step.deps)
+        return [p for p in planned if p.step.name in wanted]
+    return planned
+
+
+def run(pipeline: Pipeline, *, only: list[str] = (), until: str | None = None, force: bool | Collection[str] = False,
+        lock_timeout: float | None = None, echo: Callable[[str], None] = say,
+        entry: history.Entry | None = None) -> dict[str, Path]:
+    """Runs the selected steps in order, each through `execute`; returns every step's output folder.
+
+    `force` is True (every selected step) or step names. Steps outside the selection are not run; a
+    selected step whose upstream has no output stops the run before anything starts. An `entry`
+    collects each step's outcome and is appended to the work directory's history however the run ends.
+    """
+    entry = entry if ranks.rank() == 0 else None  # under torchrun rank 0 speaks for all
+    try:
+        outputs = _run(pipeline, only, until, force, lock_timeout, echo, entry)
+    except BaseException as e:
+        if entry:
+            entry.finish(exit_code(e))
+        raise
+    if entry:
+        entry.finish(0)
     return outputs
 
 
+def _run(pipeline: Pipeline, only: list[str], until: str | None, force: bool | Collection[str],
+         lock_timeout: float | None, echo: Callable[[str], None], entry: history.Entry | None) -> dict[str, Path]:
+    planned = {p.step.name: p for p in plan(pipeline)}
+    outputs = {name: p.out for name, p in planned.items()}
+    chosen = select(list(planned.values()), only, until)
+    if force is not True:
+        select(list(planned.values()), list(force or ()))  # a misspelt --force STEP is an error, not a no-op
+    names = {p.step.name for p in chosen}
+    missing = [(p.step.name, d) for p in chosen for d in p.step.deps
+               if d not in names and store.cached(outputs[d], planned[d].record) is None]
+    if missing:
+        step, dep = missing[0]
+        raise ConfigError(f"step '{step}' needs '{dep}', which has no output and is not selected; "
+                          f"run it first (--until {step} runs both)")
+    for p in chosen:
+        stage = STAGES[p.step.stage]
+        cfg = config.validate(stage.config, resolve(p.step.raw, outputs), f"{pipeline.path} step '{p.step.name}'")
+        forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
+        started, outcome, code = time.time(), "failed", 1
+        try:
+            _, outcome = execute(stage, cfg, p.out, p.record, label=p.step.name, force=forced,
+                                 lock_timeout=lock_timeout, echo=echo)
+            code = 0
+        except BaseException as e:
+            code = exit_code(e)
+            raise
+        finally:
+            if entry:
+                entry.step(p.step.name, p.step.stage, p.key, p.out, outcome, time.time() - started, code)
+    return outputs
+
+
+def exit_code(e: BaseException) -> int:
+    """What the CLI exits with for `e`: docs/scheduling.md's table."""
+    if isinstance(e, MedalignError):
+        return e.exit_code
+    return 130 if isinstance(e, KeyboardInterrupt) else 1
+
+
 def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label: str, force: bool = False,
-            lock_timeout: float | None = None, echo: Callable[[str], None] = say) -> tuple[dict, bool]:
-    """Runs `stage` into `out` unless it holds an output of `record` already; returns (metrics, cached).
+            lock_timeout: float | None = None, echo: Callable[[str], None] = say) -> tuple[dict, str]:
+    """Runs `stage` into `out` unless it holds an output of `record` already; returns (metrics, outcome):
+    cached, ran or resumed.
 
     Under the lock: cached iff `out` has COMPLETE and its key.json equals `record`. Otherwise the
     in-progress folder is adopted (or made; `force` discards it first), config.yaml and key.json
@@ -89,7 +180,8 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
             held.enter_context(lock.acquire(store.lock_path(out), str(out), lock_timeout,
                                             on_wait=lambda h: echo(f"[{label}] waiting for {_whom(h)}")))
             metrics = None if force else store.cached(out, record)
-            partial = None if metrics is not None else _prepare(stage, cfg, out, record, force, label, echo)
+            partial, outcome = (None, "cached") if metrics is not None else \
+                _prepare(stage, cfg, out, record, force, label, echo)
         except BaseException as e:
             ranks.share(("error", e))  # the other ranks wait for word from rank 0: they fail alike
             raise
@@ -97,7 +189,7 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
             echo(f"[{label}] cached  {out}")
             _report(metrics, out, label, echo)
             ranks.share(("cached", metrics))
-            return metrics, True
+            return metrics, outcome
         ranks.share(("run", partial))
         metrics = stage.run(cfg, partial)
         ranks.barrier()  # every rank is done with the folder before it moves
@@ -105,7 +197,7 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
         ranks.share(("done", metrics))  # and none reads `out` before it is there
         echo(f"[{label}] done    {out}")
         _report(metrics, out, label, echo)
-        return metrics, False
+        return metrics, outcome
 
 
 def _report(metrics: dict, out: Path, label: str, echo: Callable[[str], None]) -> None:
@@ -114,8 +206,9 @@ def _report(metrics: dict, out: Path, label: str, echo: Callable[[str], None]) -
 
 
 def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, force: bool, label: str,
-             echo: Callable[[str], None]) -> Path:
-    """The in-progress folder for `record`, with config.yaml and key.json written."""
+             echo: Callable[[str], None]) -> tuple[Path, str]:
+    """The in-progress folder for `record`, with config.yaml, key.json and the inputs' inventory
+    written, and whether the stage resumes there (resumed) or starts afresh (ran)."""
     partial = store.partial_dir(out)
     if force:
         shutil.rmtree(partial, ignore_errors=True)
@@ -130,14 +223,16 @@ def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, force: 
         at = store.progress(partial)
         reason = (f"resuming the run interrupted at step {at[0]}/{at[1]}" if at
                   else "restarting the run interrupted before its first checkpoint")
+        outcome = "resumed" if at else "ran"
     else:  # nothing there to resume from (no record, or another record and no resume state)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        reason = "forced" if force else cache.explain(out, record)
+        reason, outcome = "forced" if force else cache.explain(out, record), "ran"
     (partial / "config.yaml").write_text(config.dump(cfg))
     (partial / "key.json").write_text(json.dumps(record, indent=2) + "\n")
+    (partial / cache.INVENTORY).write_text(json.dumps(cache.inventories(cfg)) + "\n")
     echo(f"[{label}] running {stage.name}: {reason}")
-    return partial
+    return partial, outcome
 
 
 def _follow(stage: Stage, cfg: config.Section) -> tuple[dict, bool]:
@@ -146,11 +241,11 @@ def _follow(stage: Stage, cfg: config.Section) -> tuple[dict, bool]:
     if what == "error":
         raise payload
     if what == "cached":
-        return payload, True
+        return payload, "cached"
     stage.run(cfg, payload)
     ranks.barrier()
     _, metrics = ranks.share(None)
-    return metrics, False
+    return metrics, "ran"
 
 
 def _whom(h: lock.Holder | None) -> str:

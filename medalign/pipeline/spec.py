@@ -24,7 +24,7 @@ import copy
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medalign import config
@@ -53,6 +53,7 @@ class Pipeline:
     path: Path
     workdir: Path
     steps: list[Step]  # in an order that runs each step after its dependencies
+    overrides: list[str] = field(default_factory=list)  # as given: a launched step's child hears them too
 
 
 def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = None) -> Pipeline:
@@ -75,7 +76,7 @@ def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = Non
     steps = _expand(path, {name: _entry(path, name, entry, by_step.get(name, [])) for name, entry in entries.items()},
                     by_step)
     workdir = workdir or Path(raw.get("workdir") or Path("runs") / path.stem)
-    return Pipeline(path, workdir, steps)
+    return Pipeline(path, workdir, steps, list(overrides))
 
 
 def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, dict[str, list]]:
