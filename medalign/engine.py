@@ -11,7 +11,8 @@ A stage hands `fit` an objective: an nn.Module whose forward takes a batch and r
 The loop owns the rest: device, bfloat16 autocast, torch.distributed (launch with
 `torchrun -m medalign ...`), AdamW over timm's parameter groups, warm-up and cosine decay,
 gradient accumulation and clipping, one or several loaders per step, resume state every N steps
-or M minutes, SIGTERM/SIGUSR1 preemption, a progress bar and one JSON line per step in log.jsonl.
+or M minutes, SIGTERM/SIGUSR1 preemption, a progress bar and one JSON line per step in log.jsonl
+(and the same scalars to TensorBoard or MLflow, see medalign.tracking).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from medalign import config, resume
+from medalign import config, resume, tracking
 from medalign.data.transforms import seed_worker
 from medalign.errors import ConfigError, MedalignError, Preempted
 
@@ -176,12 +177,14 @@ def timm_models(objective: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader], optim: config.OptimConfig,
-        rt: Runtime, out_dir: Path, desc: str, monitor: Callable[[int], dict] | None = None) -> list[dict]:
+        rt: Runtime, out_dir: Path, desc: str, monitor: Callable[[int], dict] | None = None,
+        tracker: tracking.Tracker = tracking.NONE) -> list[dict]:
     """Trains `objective` in place, resuming from `out_dir/resume` if an earlier run left state there.
 
     With a dict of loaders each step's batch is a dict of their batches; the first loader defines
     the epoch and the others cycle. `monitor(epoch)`, a stage's own measurement (pretrain's k-NN),
-    adds its scalars to the epoch summary. Returns one summary per epoch (means of the logged scalars).
+    adds its scalars to the epoch summary. `tracker` (tracking.tracker) gets what log.jsonl gets.
+    Returns one summary per epoch (means of the logged scalars).
     """
     streams = {name: Stream(d) for name, d in (loaders.items() if isinstance(loaders, dict) else [("", loaders)])}
     main = next(iter(streams.values()))
@@ -231,7 +234,8 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
 
     last_save = time.monotonic()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None if rt.is_main else True, leave=False)
-    with _preemption() as stop, log_path.open("a", buffering=1) if rt.is_main else contextlib.nullcontext() as log_file:
+    with _preemption() as stop, tracker.run(step), \
+            log_path.open("a", buffering=1) if rt.is_main else contextlib.nullcontext() as log_file:
         model.train()
         tick = time.perf_counter()
         while step < total:
@@ -278,6 +282,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
             if log_file:
                 log_file.write(json.dumps(record) + "\n")
+            tracker.log(step, record)
 
             if step % steps_per_epoch == 0:
                 summary = {"epoch": epoch, "step": step, "elapsed_s": elapsed_now(),
@@ -290,6 +295,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
                 if log_file:
                     log_file.write(json.dumps({"summary": True, **summary}) + "\n")
                     log_file.flush()
+                tracker.log(step, summary, prefix="epoch/")
                 # early stopping: the objective says when more epochs no longer pay
                 if _agree([bool(getattr(objective, "converged", False))], rt)[0]:
                     log.info("%s: stopped early after epoch %d of %d", desc, epoch + 1, optim.epochs)
@@ -301,6 +307,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
             if due or preempt:
                 if log_file:
                     log_file.flush()
+                tracker.flush()  # a kill after the checkpoint would lose what is logged before it for good
                 save()
                 last_save = time.monotonic()
             if preempt:

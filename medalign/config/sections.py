@@ -1,4 +1,4 @@
-"""Config sections that several stages share: backbone, optimiser, augmentation, runtime, intensity."""
+"""Config sections that several stages share: backbone, optimiser, augmentation, runtime, logging, intensity."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -53,6 +53,15 @@ class Runtime(Section):
     # resuming gives the same result as not stopping, so how often is not part of the cache key
     checkpoint_every_steps: int = cosmetic(0, "write resume state every N optimizer steps (0: off)")
     checkpoint_every_minutes: float = cosmetic(10.0, "write resume state every M minutes (0: off)")
+
+
+class Logging(Section):
+    """Dashboards besides log.jsonl (pip install 'medalign[tracking]'); they show the run, they do not
+    change it, so none of this is part of the cache key."""
+    tensorboard: bool = cosmetic(False, "write TensorBoard event files to OUT/tensorboard")
+    mlflow_uri: str | None = cosmetic(None, "MLflow tracking URI: a folder or file: URI (offline), sqlite: "
+                                      "(with sqlalchemy and alembic installed) or an http(s):// server; null: off")
+    mlflow_experiment: str = cosmetic("medalign", "MLflow experiment the run is filed under")
 
 
 # the presets of medalign.data.readers.CT_WINDOWS (a test keeps the two in step)

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from medalign.config.adapters import ADAPTERS, TUNINGS, FullAdapter, LoraAdapter
-from medalign.config.loading import Section, tagged_union
-from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, MonitorConfig, OptimConfig,
-                                      Runtime, TrainingData)
+from medalign.config.loading import Section, cosmetic, tagged_union
+from medalign.config.sections import (AugmentConfig, BackboneConfig, DataSection, Logging, MonitorConfig,
+                                      OptimConfig, Runtime, TrainingData)
 from medalign.config.ssl import METHODS, DinoConfig
 from medalign.registry import Registry
 
@@ -78,6 +78,8 @@ class PretrainConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     runtime: Runtime = Runtime()
+    # cosmetic as a whole: an empty section in the cache key would still change every key made before it
+    logging: Logging = cosmetic(Logging(), "dashboards besides log.jsonl")
 
     def inputs(self) -> dict[str, str | None]:
         return {"data.manifest": self.data.manifest, "backbone.checkpoint": self.backbone.checkpoint,
@@ -157,6 +159,7 @@ class FinetuneConfig(Section):
     augment: FinetuneAugment = FinetuneAugment()
     optim: FinetuneOptim = FinetuneOptim()
     runtime: Runtime = Runtime()
+    logging: Logging = cosmetic(Logging(), "dashboards besides log.jsonl")
 
     @model_validator(mode="after")
     def _loss_fits_task(self) -> "FinetuneConfig":

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medalign import config, engine
+from medalign import config, engine, tracking
 from medalign.data.datasets import write_skipped
 from medalign.data.transforms import MultiView, train_view
 from medalign.data.manifest import check_no_leak
@@ -82,6 +82,7 @@ class SemiSupervised(Classifier):
 
 def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
+    tracker = tracking.tracker(cfg, out_dir, rt.is_main, "finetune")
     manifest, train_rows, skipped = common.rows(cfg.data, cfg.data.train_split, cfg.data.subset)
     _, val_rows, skipped_val = common.rows(cfg.data, cfg.data.val_split)
     check_no_leak(manifest)
@@ -129,7 +130,7 @@ def run(cfg: config.FinetuneConfig, out_dir: Path) -> dict:
         objective = SemiSupervised(trained, loss, validate, task.score, cfg.optim.patience, semi=cfg.semi)
         pool = _unlabeled(cfg, manifest, bb, rt)
         train_data = {"labeled": train_data, "unlabeled": pool}
-    history = engine.fit(objective, train_data, cfg.optim, rt, out_dir, "finetune")
+    history = engine.fit(objective, train_data, cfg.optim, rt, out_dir, "finetune", tracker=tracker)
     best = objective.best
     objective.model.load_state_dict(best["state"], strict=False)
     weights = None

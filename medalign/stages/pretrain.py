@@ -5,7 +5,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from medalign import config, engine, ssl
+from medalign import config, engine, ssl, tracking
 from medalign.data.datasets import class_names, write_skipped
 from medalign.errors import ConfigError
 from medalign.models import backbones, checkpoint, tuning
@@ -17,6 +17,7 @@ HELD_OUT = {"val", "valid", "validation", "test"}
 
 def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, cfg.seed)
+    tracker = tracking.tracker(cfg, out_dir, rt.is_main, "pretrain")
     held_out = sorted(HELD_OUT & {s.lower() for s in cfg.data.splits})
     if held_out and cfg.data.strict:
         raise ConfigError(f"data.splits: {held_out} are held-out splits; data.strict refuses to pretrain on them")
@@ -35,7 +36,7 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     total = sum(p.numel() for p in objective.backbone().parameters())
     dataset = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, views.reseed(cfg.seed + rt.rank), bb)
     history = engine.fit(objective, common.loader(dataset, cfg.data, cfg, rt, train=True), cfg.optim, rt,
-                         out_dir, desc="pretrain", monitor=_knn_monitor(cfg, bb, objective, rt))
+                         out_dir, desc="pretrain", monitor=_knn_monitor(cfg, bb, objective, rt), tracker=tracker)
     collapsed = _collapsed(history, objective.backbone().num_features, cfg.monitor.collapse_below)
 
     if rt.is_main:
