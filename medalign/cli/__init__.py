@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medalign import __version__, config
 from medalign.errors import MedalignError
-from medalign.cli import evidence, manifest, models, weights
+from medalign.cli import cache, evidence, manifest, models, weights
 from medalign.config import STAGES
 
 
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run_pipeline)
 
     manifest.add_parser(sub)
+    cache.add_parser(sub)
     weights.add_parser(sub)
     models.add_parsers(sub)
     evidence.add_parsers(sub)
