@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from medalign import config, resume, tracking
 from medalign.data.transforms import seed_worker
-from medalign.errors import ConfigError, MedalignError, Preempted
+from medalign.errors import ConfigError, MedalignError, Preempted, writing
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,10 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
         if rt.world_size > 1:
             dist.barrier()
 
+    def write_log(record: dict) -> None:  # line-buffered: a full disk shows up on any step's line
+        with writing(log_path):
+            log_file.write(json.dumps(record) + "\n")
+
     last_save = time.monotonic()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None if rt.is_main else True, leave=False)
     with _preemption() as stop, tracker.run(step), \
@@ -281,7 +285,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
             if log_file:
-                log_file.write(json.dumps(record) + "\n")
+                write_log(record)
             tracker.log(step, record)
 
             if step % steps_per_epoch == 0:
@@ -293,8 +297,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
                 sums = {}
                 model.train()  # on_epoch_end may have evaluated
                 if log_file:
-                    log_file.write(json.dumps({"summary": True, **summary}) + "\n")
-                    log_file.flush()
+                    write_log({"summary": True, **summary})
                 tracker.log(step, summary, prefix="epoch/")
                 # early stopping: the objective says when more epochs no longer pay
                 if _agree([bool(getattr(objective, "converged", False))], rt)[0]:

@@ -3,6 +3,13 @@
 Exit codes (docs/scheduling.md): 0 done; 1 a stage failed; 2 bad config or input; 3 lock timeout;
 4 drift detected (`medalign drift`); 75 preempted, resumable.
 """
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
 
 
 class MedalignError(Exception):
@@ -48,3 +55,60 @@ class Preempted(MedalignError):
     """SIGTERM or SIGUSR1 (SLURM before a time limit): resume state is written; rerun to continue."""
 
     exit_code = 75  # EX_TEMPFAIL from sysexits.h: "try again later", what a requeue script checks for
+
+
+class WriteFailed(MedalignError):
+    """A write that failed (full disk, quota, I/O error). Exit 1, a stage failed: what was written
+    before it (the previous checkpoint, earlier outputs) is left as it was, so a rerun continues."""
+
+
+RERUN = "the previous checkpoint and earlier results are intact; free some space and run the same command again"
+
+
+@contextlib.contextmanager
+def writing(path, then: str = RERUN):
+    """Turns an OS-level failure while writing `path` into one WriteFailed line: the path, the
+    errno text and the space left on that filesystem. Other exceptions pass as they are (a bug
+    keeps its traceback)."""
+    try:
+        yield
+    except MedalignError:  # already one line (an inner `writing`): its OSError cause must not be wrapped twice
+        raise
+    except Exception as e:
+        reason = _os_reason(e)
+        if reason is None:
+            raise
+        where = Path(getattr(e, "filename", None) or path)
+        raise WriteFailed(f"cannot write {where}: {reason} ({free_space(where)} free there); {then}") from e
+
+
+def _os_reason(e: BaseException) -> str | None:
+    """The errno text of an OSError behind `e`: torch.save wraps it in a RuntimeError (as its
+    __context__), safetensors' Rust writer only says 'os error 28' in its message."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.strerror or os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"os error (\d+)", str(e))
+    return os.strerror(int(found.group(1))) if found else None
+
+
+def free_space(path) -> str:
+    """Free space on the filesystem holding `path` (its nearest existing parent), in binary units."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return human(shutil.disk_usage(p).free)
+    except OSError:
+        return "unknown space"
+
+
+def human(n: float) -> str:
+    """Bytes in binary units: 0 B, 196.0 KiB, 51.8 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

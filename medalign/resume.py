@@ -7,7 +7,8 @@
 
 Everything in recipe_state.pt loads with `torch.load(weights_only=True)`: RNG states are tensors or
 JSON strings, never numpy objects. A new state is written beside the old one and swapped in by
-renames, so a kill at any moment leaves one complete state behind.
+renames, so a kill at any moment leaves one complete state behind; a failed write (full disk)
+removes the new one and leaves the old one as it was.
 """
 from __future__ import annotations
 
@@ -21,16 +22,31 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from medalign.errors import writing
+
 WEIGHTS, STATE, PROGRESS = "weights.safetensors", "recipe_state.pt", "progress.json"
 
 
 def save(folder: Path, weights: dict[str, torch.Tensor], state: dict, progress: dict) -> None:
     new, old = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".old")
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(new / WEIGHTS))
-    torch.save(state, new / STATE)
-    (new / PROGRESS).write_text(json.dumps({**progress, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    then = f"the previous checkpoint in {folder} is intact; free some space and run the same command again to resume"
+    try:
+        with writing(new, then):
+            new.mkdir(parents=True)
+        with writing(new / WEIGHTS, then):
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(new / WEIGHTS))
+        # through a Python file: torch.save to a path hides ENOSPC behind "unexpected pos" errors
+        with writing(new / STATE, then), open(new / STATE, "wb") as f:
+            torch.save(state, f)
+        with writing(new / PROGRESS, then):
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            (new / PROGRESS).write_text(json.dumps({**progress, "saved_at": stamp}) + "\n")
+    except BaseException:
+        # the half-written state goes (load never reads .new, and on a full disk its space is wanted);
+        # `folder` was not touched yet, so the previous state is still the one load() finds
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         folder.rename(old)

@@ -20,8 +20,8 @@ def medalign(*args, **kw):
 def test_help_lists_stages_and_each_stage_its_keys():
     out = medalign("--help").stdout
     commands = re.findall(r"^ {4}(\S+)", out.split("commands:")[1], re.M)  # one entry per subcommand
-    assert sorted(commands) == sorted([*STAGES, "run", "status", "history", "gc", "manifest", "weights", "predict",
-                                       "export", "report", "gap", "drift"])
+    assert sorted(commands) == sorted([*STAGES, "run", "status", "history", "gc", "cache", "manifest", "weights",
+                                       "predict", "export", "report", "gap", "drift"])
     finetune = medalign("finetune", "--help").stdout
     assert "--config" in finetune and "optim.lr" in finetune and "adapter.name" in finetune
     for command in ("finetune", "run"):

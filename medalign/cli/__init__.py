@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medalign import __version__, config
 from medalign.errors import MedalignError
-from medalign.cli import evidence, manifest, models, pipelines, weights
+from medalign.cli import cache, evidence, manifest, models, pipelines, weights
 from medalign.config import STAGES
 
 
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pipelines.add_parsers(sub)
     manifest.add_parser(sub)
+    cache.add_parser(sub)
     weights.add_parser(sub)
     models.add_parsers(sub)
     evidence.add_parsers(sub)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from medalign.errors import ConfigError
+from medalign.errors import ConfigError, human
 
 
 def add_parsers(sub) -> None:
@@ -136,9 +136,9 @@ def _gc(args) -> None:
     pipelines = [spec.load(p, workdir=args.workdir) for p in args.pipelines]
     garbage = gc.find(workdir, pipelines, args.keep_days)
     for g in garbage:
-        print(f"{'delete' if args.yes and not args.dry_run else 'would delete'}  {gc.human(g.bytes):>10}  "
+        print(f"{'delete' if args.yes and not args.dry_run else 'would delete'}  {human(g.bytes):>10}  "
               f"{g.what:<11}  {g.path}")
-    total = gc.human(sum(g.bytes for g in garbage))
+    total = human(sum(g.bytes for g in garbage))
     if not garbage:
         print(f"nothing to delete in {workdir}")
     elif args.yes and not args.dry_run:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalign.data.manifest import Manifest, check_files, frame_index, read_manifest, slice_axis
-from medalign.data.preprocess_cache import PreprocessCache
+from medalign.data.preprocess_cache import PreprocessCache, default_root
 from medalign.data.readers import read_image, unreadable
 from medalign.errors import DataError
 
@@ -86,8 +85,7 @@ class ImageDataset(Dataset):
         self.reader = reader or {}
         self.cache = None
         if cache_size:
-            root = Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
-            self.cache = PreprocessCache(root, manifest, rows, channels, cache_size, **self.reader)
+            self.cache = PreprocessCache(default_root(), manifest, rows, channels, cache_size, **self.reader)
             self.cache.fill(progress=True)
         self.targets = targets if targets is not None else [-1] * len(rows)
         if classes is not None and targets is None:

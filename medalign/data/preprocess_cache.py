@@ -15,7 +15,9 @@ On disk, in `root`::
 (`medalign.data.manifest.fingerprint`: manifest bytes + every image's path, size and mtime), the
 rows' (path, index, axis) list, channels, size, window, percentiles and `FORMAT_VERSION`. Any change
 to those gives a new key, so a stale entry is never read. Old entries are left where they are
-(another stage may still use them); `prune(root, keep)` removes those not listed.
+(another stage may still use them); `prune(root, keep)` removes those not listed, and
+`medalign cache prune --older-than DAYS` those no stage opened for that long (`fill` touches the
+sidecar of a ready entry it opens, so its mtime is the entry's last use).
 
 Why uint16: half the bytes of float32 (a 224 px grayscale image is 98 KiB, 10k images 1 GiB), the
 rounding error is at most 0.5/65535 = 1/131070 (far below any augmentation's noise, and below one
@@ -26,13 +28,16 @@ Writing is crash- and race-safe, as `medalign.pipeline.store`: the array is writ
 way and is renamed last, and `ready()` requires it. Two processes filling at once write identical
 bytes to their own temp files, and the last rename wins; a reader that already opened the memmap
 keeps the inode it opened. A fill that raises removes its temp file; one that was killed leaves a
-temp file that the next fill removes (its pid is dead).
+temp file that the next fill removes (its pid is dead). The array's blocks are allocated before
+it is filled, so a full disk is a one-line WriteFailed and no temp stays, never a SIGBUS.
 
 The memmap is opened lazily, once per process: DataLoader workers forked after the parent opened it
 open their own, and pickling (spawn) drops it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -44,9 +49,10 @@ import numpy as np
 from medalign.config import digest
 from medalign.data import readers
 from medalign.data.manifest import Manifest, fingerprint, frame_index, slice_axis
-from medalign.errors import DataError
+from medalign.errors import DataError, writing
 
 FORMAT_VERSION = 1
+_THEN = "nothing else was changed; free some space (medalign cache prune) and run the same command again"
 _SCALE = 65535.0
 
 
@@ -96,10 +102,13 @@ class PreprocessCache:
                 and meta.get("dtype") == "uint16" and self.path.is_file())
 
     def fill(self, progress: bool = False) -> None:
-        """Decodes every row once and publishes the entry; a no-op when it is ready already."""
+        """Decodes every row once and publishes the entry; when it is ready already, only marks it used."""
         if self.ready():
+            with contextlib.suppress(OSError):  # a read-only shared cache is still usable
+                os.utime(self.sidecar)  # the sidecar's mtime is "last used" for `medalign cache prune`
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        with writing(self.root, _THEN):
+            self.root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.root, self.key)
         pid = os.getpid()
         tmp_npy = self.root / f".tmp-{self.key}-{pid}.npy"
@@ -107,22 +116,26 @@ class PreprocessCache:
         n = len(self.rows)
         t0 = time.perf_counter()
         try:
-            out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint16, shape=self.shape)
+            with writing(tmp_npy, _THEN):
+                out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint16, shape=self.shape)
+                _reserve(tmp_npy)
             step = max(1, n // 10)
             for i, (rel, index, axis) in enumerate(self._entries):
                 out[i] = quantise(self._decode(self.manifest.root / rel, index, axis))
                 if progress and ((i + 1) % step == 0 or i + 1 == n):
                     print(f"preprocess cache {self.key[:12]}: {i + 1}/{n} images, "
                           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
-            out.flush()
-            del out
-            _fsync(tmp_npy)
+            with writing(tmp_npy, _THEN):
+                out.flush()
+                del out
+                _fsync(tmp_npy)
             meta = {"key": self.key, "shape": list(self.shape), "dtype": "uint16", "rows": n,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "format_version": FORMAT_VERSION,
                     "manifest": str(self.manifest.path), "channels": self.channels, "size": self.size,
                     "window": list(self.window) if isinstance(self.window, (tuple, list)) else self.window}
-            tmp_json.write_text(json.dumps(meta, indent=1) + "\n")
-            _fsync(tmp_json)
+            with writing(tmp_json, _THEN):
+                tmp_json.write_text(json.dumps(meta, indent=1) + "\n")
+                _fsync(tmp_json)
             os.replace(tmp_npy, self.path)
             os.replace(tmp_json, self.sidecar)  # last: from here on the entry is ready
         except BaseException:
@@ -181,8 +194,50 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * _SCALE).astype(np.uint16)
 
 
-def prune(root: Path, keep: set[str]) -> list[Path]:
+def default_root() -> Path:
+    """$MEDALIGN_CACHE/preprocess, by default ~/.cache/medalign/preprocess."""
+    return Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
+
+
+def entries(root: Path) -> list[dict]:
+    """What `root` holds, oldest use first: one dict per key with its files (path: bytes), bytes,
+    images, image size, last use (the sidecar's mtime, touched by `fill` whenever a stage opens the
+    entry) and state: ready, incomplete (an array without its sidecar, or a dead fill's temp) or filling."""
+    root = Path(root)
+    found: dict[str, dict] = {}
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.name.startswith(".tmp-"):
+            key, _, pid = p.name[len(".tmp-"):].split(".")[0].rpartition("-")
+            state = "filling" if _alive(pid) else "incomplete"
+        elif p.suffix in (".npy", ".json") and not p.name.startswith("."):
+            key, state = p.stem, None
+        else:
+            continue
+        e = found.setdefault(key, {"key": key, "files": {}, "bytes": 0, "images": None, "image_size": None,
+                                   "last_used": 0.0, "state": "incomplete"})
+        st = p.stat()
+        e["files"][p] = st.st_size
+        e["bytes"] += st.st_size
+        if p.name == f"{key}.json":
+            e["last_used"] = st.st_mtime  # the sidecar's time wins: it is the one `fill` touches
+            try:
+                meta = json.loads(p.read_text())
+                n, h, w, c = meta["shape"]
+                e["images"], e["image_size"] = n, f"{h}x{w}x{c}"
+                e["state"] = "ready" if (root / f"{key}.npy").is_file() else "incomplete"
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        else:
+            if not (root / f"{key}.json").is_file():
+                e["last_used"] = max(e["last_used"], st.st_mtime)
+            if state == "filling":
+                e["state"] = state
+    return sorted(found.values(), key=lambda e: e["last_used"])
+
+
+def prune(root: Path, keep: set[str], dry_run: bool = False) -> list[Path]:
     """Removes entries (and dead temp files) in `root` whose key is not in `keep`; returns them.
+    `dry_run`: only returns what it would remove.
 
     The sidecar goes first, so an entry stops being ready before its array disappears. A process
     that still has a removed array memory-mapped keeps reading it (POSIX unlink semantics).
@@ -191,23 +246,40 @@ def prune(root: Path, keep: set[str]) -> list[Path]:
     removed: list[Path] = []
     if not root.is_dir():
         return removed
+
+    def remove(p: Path) -> None:
+        if not dry_run:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+
     for side in root.glob("*.json"):
         if side.name.startswith(".") or side.stem in keep:
             continue
         for p in (side, side.with_suffix(".npy")):
             if p.exists():
-                p.unlink(missing_ok=True)
-                removed.append(p)
+                remove(p)
     for npy in root.glob("*.npy"):  # arrays whose sidecar never came
-        if not npy.name.startswith(".") and npy.stem not in keep:
-            npy.unlink(missing_ok=True)
-            removed.append(npy)
+        if not npy.name.startswith(".") and npy.stem not in keep and npy not in removed:
+            remove(npy)
     for tmp in root.glob(".tmp-*"):
         key, _, pid = tmp.name[len(".tmp-"):].split(".")[0].rpartition("-")
         if key not in keep and not _alive(pid):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+            remove(tmp)
     return removed
+
+
+def _reserve(path: Path) -> None:
+    """Allocates the memmap's blocks now: on a full disk this fails with ENOSPC, where writing into a
+    sparse memmap's page the filesystem cannot store would kill the process with SIGBUS."""
+    if hasattr(os, "posix_fallocate"):  # Linux, the BSDs; elsewhere the memmap stays sparse
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it: stay sparse
+                raise
+        finally:
+            os.close(fd)
 
 
 def _remove_stale_temps(root: Path, key: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from medalign.errors import CheckpointError
+from medalign.errors import CheckpointError, writing
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -27,13 +27,19 @@ _WRAPPERS = ("module.", "_orig_mod.")
 _BACKBONES = ("backbone.", "student_backbone.")
 # MAE's decoder sits at the top level beside the encoder it trained; the encoder is the backbone.
 _DECODER = "decoder_"
+# A stage writes its checkpoint after training, in its in-progress folder: a failure there leaves
+# earlier outputs alone, and the rerun trains that stage again (its resume state is gone by then).
+THEN = "earlier results are intact; free some space and run the same command again to redo this stage"
 
 
 def save(directory: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory, THEN):
+        directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; contiguous clones are always accepted
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(directory / WEIGHTS))
-    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+    with writing(directory / WEIGHTS, THEN):
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(directory / WEIGHTS))
+    with writing(directory / META, THEN):
+        (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from medalign import config
 from medalign.data.manifest import file_sha256
-from medalign.errors import CheckpointError, ConfigError
+from medalign.errors import CheckpointError, ConfigError, writing
 from medalign.models import adapters, checkpoint, tuning
 from medalign.models.backbones import Backbone, head_names
 from medalign.tasks import Task
@@ -65,10 +65,13 @@ def save(directory: Path, model: nn.Module, bb: Backbone, adapter: config.Sectio
     if bb.starting_point and bb.meta is None:  # the base is a named start itself, not trained from one
         base["starting_point"] = bb.starting_point
     meta = {**meta, "base": base}
-    save_file({k: v.contiguous() for k, v in adapters.trainable_state(model).items()}, str(directory / ADAPTER))
+    with writing(directory / ADAPTER, checkpoint.THEN):
+        save_file({k: v.contiguous() for k, v in adapters.trainable_state(model).items()}, str(directory / ADAPTER))
     if hasattr(model, "save_pretrained"):  # peft's layout, for tools that read peft adapters
-        model.save_pretrained(str(directory / "peft"))
-    (directory / checkpoint.META).write_text(json.dumps(meta, indent=2) + "\n")
+        with writing(directory / "peft", checkpoint.THEN):
+            model.save_pretrained(str(directory / "peft"))
+    with writing(directory / checkpoint.META, checkpoint.THEN):
+        (directory / checkpoint.META).write_text(json.dumps(meta, indent=2) + "\n")
     return ADAPTER
 
 

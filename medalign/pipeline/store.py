@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+from medalign.errors import writing
+
 COMPLETE = "COMPLETE"
 
 
@@ -53,9 +55,20 @@ def progress(partial: Path) -> tuple[int, int] | None:
 
 
 def publish(partial: Path, out: Path, metrics: dict) -> None:
-    """metrics.json, then COMPLETE, then the rename that makes `partial` the output `out`."""
-    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (partial / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    """metrics.json, then COMPLETE, then the rename that makes `partial` the output `out`.
+
+    A write that fails (full disk) is a WriteFailed naming the file; `out` and every other output
+    are untouched, and the half-written files go so `partial` never holds a COMPLETE of nothing."""
+    then = f"{out} and earlier results are intact; free some space and run the same command again"
+    try:
+        for name, text in (("metrics.json", json.dumps(metrics, indent=2)),
+                           (COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S%z"))):
+            with writing(partial / name, then):
+                (partial / name).write_text(text + "\n")
+    except BaseException:
+        for name in (COMPLETE, "metrics.json"):
+            (partial / name).unlink(missing_ok=True)
+        raise
     if out.exists():  # replacing an old output: move it aside first, so `out` is never half there
         old = out.parent / f".old-{out.name}-{os.getpid()}"
         out.rename(old)

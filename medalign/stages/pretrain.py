@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medalign import config, engine, ssl, tracking
 from medalign.data.datasets import class_names, write_skipped
-from medalign.errors import ConfigError
+from medalign.errors import ConfigError, writing
 from medalign.models import backbones, checkpoint, tuning
 from medalign.stages import _common as common
 
@@ -42,7 +42,8 @@ def run(cfg: config.PretrainConfig, out_dir: Path) -> dict:
     if rt.is_main:
         net = objective.backbone()
         if hasattr(net, "save_pretrained"):  # peft's own layout, to load the adapter alone
-            net.save_pretrained(str(out_dir / "adapter"))
+            with writing(out_dir / "adapter", checkpoint.THEN):
+                net.save_pretrained(str(out_dir / "adapter"))
         meta = common.metadata(bb, cfg, out_dir, num_classes=0, ssl_method=cfg.method.name,
                                tuning=cfg.tuning.model_dump(mode="json"))
         checkpoint.save(out_dir / "checkpoint", tuning.merged(net).state_dict(), meta)
