@@ -109,3 +109,16 @@ def test_a_fold_needs_a_fold_column_and_enough_folds(demo_set):
         w.writerows({**r, "fold": i % 2 if r["split"] in ("train", "val") else ""} for i, r in enumerate(rows))
     with pytest.raises(DataError, match=r"folds \[0, 1\].*at least 3"):
         _common.rows(EvaluateData(manifest=str(demo_set), fold=0), "test")
+
+
+def test_a_matrix_list_runs_the_combinations_it_names_and_no_others(tmp_path):
+    # seeds paired with their own settings (the scarce-label benchmark's subsets), not crossed with them
+    steps = {"data": {"stage": "demo-data", "matrix": [{"seed": 0, "n_train": 4}, {"seed": 1, "n_train": 6}],
+                      "config": TINY}}
+    outputs, ran = run(write(tmp_path / "p.yaml", steps))
+    assert ran == ["data[seed=0,n_train=4]", "data[seed=1,n_train=6]"]
+    train = [sum(r["split"] == "train" for r in csv.DictReader((o / "manifest.csv").open())) for o in outputs.values()]
+    assert train == [4, 6]
+    steps["data"]["matrix"] = [{"seed": 0}, {"n_train": 2}]
+    with pytest.raises(ConfigError, match="same keys"):
+        spec.load(write(tmp_path / "p.yaml", steps))

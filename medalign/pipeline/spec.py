@@ -10,9 +10,11 @@ The references make the DAG: a step runs after every step it names. `base` is a 
 (relative to the pipeline file) that `config` is merged over; `stage` defaults to the step's name.
 
 A sweep: `matrix` maps config keys to values, and the step runs once per combination, named
-`finetune[seed=0]` and so on. A step that names a swept step fans out with it (one `evaluate` per
-`finetune`; steps sweeping the same key pair up rather than multiply), and a list item
-`${evaluate[*]}` stands for every run of that step, which is how a `collect` step gathers them:
+`finetune[seed=0]` and so on; a list of such maps instead names each combination itself, for keys
+that go together rather than cross (`[{seed: 0, data.subset: fewshot_p10_s0}, {seed: 1, ...}]`).
+A step that names a swept step fans out with it (one `evaluate` per `finetune`; steps sweeping the
+same key pair up rather than multiply), and a list item `${evaluate[*]}` stands for every run of
+that step, which is how a `collect` step gathers them:
 
       finetune: {matrix: {seed: [0, 1, 2]}, config: {...}}
       evaluate: {config: {model: "${finetune}"}}
@@ -79,39 +81,48 @@ def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = Non
     return Pipeline(path, workdir, steps, list(overrides))
 
 
-def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, dict[str, list]]:
-    """(stage, raw config, matrix) of one step of the file, before any sweep is expanded."""
+def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, list[dict]]:
+    """(stage, raw config, the matrix's combinations) of one step of the file, before any sweep is expanded."""
     if not isinstance(entry, dict) or set(entry) - {"stage", "base", "config", "matrix"}:
         raise ConfigError(f"{path}: step '{name}' takes the keys stage, base, config and matrix")
     stage = entry.get("stage", name)
     if stage not in STAGES:
         raise ConfigError(f"{path}: step '{name}' names unknown stage '{stage}' (stages: {', '.join(STAGES)})")
-    matrix = entry.get("matrix") or {}
-    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
-        raise ConfigError(f"{path}: step '{name}': matrix maps config keys to non-empty lists of values")
     raw = config.read_yaml(path.parent / entry["base"]) if entry.get("base") else {}
     _merge(raw, copy.deepcopy(entry.get("config") or {}))
     config.apply_overrides(raw, overrides)
-    return stage, raw, matrix
+    return stage, raw, _combinations(path, name, entry.get("matrix") or {})
 
 
-def _expand(path: Path, entries: dict[str, tuple[str, dict, dict]], overrides: dict[str, list[str]]) -> list[Step]:
+def _combinations(path: Path, name: str, matrix) -> list[dict]:
+    """A map of keys to value lists is crossed; a list of maps is taken as it is."""
+    if isinstance(matrix, dict) and all(isinstance(v, list) and v for v in matrix.values()):
+        return [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
+    if isinstance(matrix, list) and matrix and all(isinstance(c, dict) and c for c in matrix):
+        if len({tuple(c) for c in matrix}) > 1:
+            raise ConfigError(f"{path}: step '{name}': every combination of a matrix list sets the same keys")
+        return matrix
+    raise ConfigError(f"{path}: step '{name}': matrix maps config keys to non-empty lists of values, "
+                      "or is a list of such maps, one per run")
+
+
+def _expand(path: Path, entries: dict[str, tuple[str, dict, list[dict]]], overrides: dict[str, list[str]]) -> list[Step]:
     """One Step per run: a swept step per combination of its matrix, crossed with (or, on a shared
     key, matched to) the combinations of every swept step it names."""
     runs: dict[str, list[tuple[dict, str]]] = {}  # step -> [(combination, run name)]
     steps = []
     for name in _group_order(path, entries):
-        stage, raw, matrix = entries[name]
+        stage, raw, combos = entries[name]
         found = REF.findall(str(raw))
         refs = {r.removesuffix(EVERY) for r in found}
-        combos = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
+        swept = list(combos[0])
         for dep in sorted(r for r in refs if r in found):  # ${dep[*]} gathers, ${dep} fans out
             combos = [{**a, **b} for a in combos for b, _ in runs[dep] if _agree(a, b)]
         runs[name] = []
         for combo in combos:
             run = f"{name}[{','.join(f'{k}={v}' for k, v in combo.items())}]" if combo else name
             r = copy.deepcopy(raw)
-            config.apply_overrides(r, [f"{k}={json.dumps(combo[k])}" for k in matrix])
+            config.apply_overrides(r, [f"{k}={json.dumps(combo[k])}" for k in swept])
             r = _pick(r, {dep: [n for c, n in runs[dep] if _agree(c, combo)] for dep in refs}, f"{path} step '{run}'")
             # fail early, before anything runs
             cfg = config.validate(STAGES[stage].config, r, f"{path} step '{run}'", overrides.get(name, []))
@@ -145,7 +156,7 @@ def _pick(raw, runs: dict[str, list[str]], where: str):
     return raw
 
 
-def _group_order(path: Path, entries: dict[str, tuple[str, dict, dict]]) -> list[str]:
+def _group_order(path: Path, entries: dict[str, tuple[str, dict, list[dict]]]) -> list[str]:
     """The file's steps in an order that puts each after every step it names."""
     deps = {n: {r.removesuffix(EVERY) for r in REF.findall(str(raw))} for n, (_, raw, _) in entries.items()}
     for name, names in deps.items():
