@@ -9,11 +9,11 @@ breast ultrasound, official split). `medalign manifest split --keep-split --few-
 class-stratified subsets of the training labels (chest: 1% and 10%; breast: 10%, and 100% as no
 subset), one per seed; every training image, its label withheld, is the pretraining pool.
 
-Each (dataset, label subset, seed) is one pipeline, written to the work folder as
-`{dataset}_{subset}.yaml` (rerun one with `medalign run`). Its steps are the starting points'
-continued pretraining (the same config in every pipeline: computed once, then cached), `estimate`
-on the subset (k-NN on frozen features of each start), and for each arm a `finetune` (epoch chosen
-on val) and an `evaluate` on test. Arm 5 then adds FixMatch to the medalign arm with the best mean
+Each dataset is one pipeline, written to the work folder as `{dataset}.yaml` (rerun it with
+`medalign run`). Its steps are the starting points' continued pretraining (once per start), then
+sweeps over the (label subset, seed) runs (a `matrix` list): `estimate` on the subset (k-NN on
+frozen features of each start), and for each arm a `finetune` (epoch chosen on val) and an
+`evaluate` on test. Arm 5 then adds FixMatch to the medalign arm with the best mean
 *val* AUROC at 10% labels (FixMatch's setting, and the headline), so test is touched once per
 model and never used to choose. The tables and the plot
 are regenerated from the pipelines' outputs; rerunning after a crash recomputes only what is missing.
@@ -161,12 +161,12 @@ def schedule(n_labeled: int) -> dict:
     return {"epochs": 25, "patience": 6} if n_labeled < 200 else {"epochs": 12, "patience": 4}
 
 
-def pipeline(ds: Dataset, manifest: Path, subset: str | None, seed: int, n_labeled: int, arms: dict[str, Arm],
-             size: int, work: Path, fixmatch: str | None = None, quick: bool = False,
-             pretrain_epochs: int | None = None) -> Path:
-    """One subset's pipeline: the used starts' pretraining, estimate, and finetune + evaluate per arm."""
+def pipeline(ds: Dataset, manifest: Path, runs: dict[tuple[float, int], int], arms: dict[str, Arm], size: int,
+             work: Path, fixmatch: str | None = None, quick: bool = False, pretrain_epochs: int | None = None) -> Path:
+    """The dataset's pipeline: the used starts' pretraining, then `estimate` and per arm a finetune and
+    an evaluate, each a sweep over the (label fraction, seed) runs. The sweep is a matrix list: a
+    label subset belongs to its seed, and the epochs to its size, so they pair rather than cross."""
     data = {"manifest": str(manifest), "cache": True}
-    labeled = {**data, **({"subset": subset} if subset else {})}
     steps: dict[str, dict] = {}
     used = sorted({a.start for a in arms.values()}, key=list(STARTS).index)
     for name in used:
@@ -176,24 +176,27 @@ def pipeline(ds: Dataset, manifest: Path, subset: str | None, seed: int, n_label
                    "optim": {"epochs": 1 if quick else pretrain_epochs or ds.pretrain_epochs}}
             steps[step_of(name)] = {"stage": "pretrain", "base": str(ROOT / "configs/pretrain/simclr_resnet18.yaml"),
                                     "config": merge(cfg, start.pretrain)}
-    steps["estimate"] = {"config": {
-        "seed": seed, "scores": ["knn", "linear"], "data": {**labeled, "train_split": "train", "eval_split": "val"},
-        "knn": {"k": 20},
+    subsets = [{"seed": seed, "data.subset": subset_name(fraction, seed)} for fraction, seed in runs]
+    # a linear probe trains on features computed once: its preset's 50 epochs cost next to nothing
+    scheduled = [{**c, **{f"optim.{k}": v for k, v in schedule(n).items()}} for c, n in zip(subsets, runs.values())]
+    steps["estimate"] = {"matrix": subsets, "config": {
+        "scores": ["knn", "linear"], "data": {**data, "train_split": "train", "eval_split": "val"}, "knn": {"k": 20},
         "candidates": [{"name": n, "backbone": backbone(n, size)} for n in used]}}
-    runs = dict(arms)
+    arms = dict(arms)
     if fixmatch:
-        runs[f"{fixmatch} + FixMatch"] = Arm(5, arms[fixmatch].start, arms[fixmatch].preset,
+        arms[f"{fixmatch} + FixMatch"] = Arm(5, arms[fixmatch].start, arms[fixmatch].preset,
                                              merge(dict(arms[fixmatch].overrides), FIXMATCH))
-    for arm_name, arm in runs.items():
+    for arm_name, arm in arms.items():
         ft = slug(arm_name)
-        # a linear probe trains on features computed once: its preset's 50 epochs cost next to nothing
-        optim = {"epochs": 1} if quick else {} if arm.preset == "linear" else schedule(n_labeled)
-        cfg = {"seed": seed, "backbone": backbone(arm.start, size), "data": labeled, "optim": optim}
+        matrix = subsets if quick or arm.preset == "linear" else scheduled
+        if arm.group == 5:  # FixMatch: the label fraction it was chosen at
+            matrix = [c for c, (fraction, _) in zip(matrix, runs) if fraction == FIXMATCH_AT]
+        cfg = {"backbone": backbone(arm.start, size), "data": data, "optim": {"epochs": 1} if quick else {}}
         steps[f"ft-{ft}"] = {"stage": "finetune", "base": str(ROOT / f"configs/finetune/{arm.preset}.yaml"),
-                             "config": merge(cfg, arm.overrides)}
+                             "matrix": matrix, "config": merge(cfg, arm.overrides)}
         steps[f"test-{ft}"] = {"stage": "evaluate", "config": {"model": f"${{ft-{ft}}}",
                                                                "data": {"manifest": str(manifest), "split": "test"}}}
-    path = work / f"{ds.name}_{subset or f'all_s{seed}'}{'_fixmatch' if fixmatch else ''}.yaml"
+    path = work / f"{ds.name}.yaml"
     path.write_text(yaml.safe_dump({"workdir": str(work / "runs"), "steps": steps}, sort_keys=False))
     return path
 
@@ -218,11 +221,19 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def outputs(path: Path) -> dict[str, dict]:
-    """Each step's metrics.json, found through the pipeline's own plan (the cache keys)."""
+def outputs(path: Path, runs) -> dict[tuple[float, int], dict[str, dict]]:
+    """(fraction, seed) -> step -> metrics.json, found through the pipeline's own plan (the cache keys);
+    the pretraining steps, shared by every run, appear under each."""
     from medalign.pipeline import runner, spec
-    return {p.step.name: json.loads((p.out / "metrics.json").read_text())
-            for p in runner.plan(spec.load(path)) if (p.out / "metrics.json").is_file()}
+    run_of = {(subset_name(fraction, seed), seed): (fraction, seed) for fraction, seed in runs}
+    out: dict[tuple[float, int], dict[str, dict]] = {k: {} for k in runs}
+    for p in runner.plan(spec.load(path)):
+        if (p.out / "metrics.json").is_file():
+            metrics = json.loads((p.out / "metrics.json").read_text())
+            c = p.step.combo
+            for k in [run_of[(c["data.subset"], c["seed"])]] if c else out:
+                out[k][p.step.group] = metrics
+    return out
 
 
 # -- the benchmark ----------------------------------------------------------------------------
@@ -258,37 +269,37 @@ def main() -> None:
         began = time.perf_counter()
         manifest = (chest_manifest if name == "chest" else breast_manifest)(work, args.seeds)
         rows = list(csv.DictReader(manifest.open()))
-        runs = {}
         fractions = [f for f in ds.fractions if not args.fractions or f in args.fractions]
+        runs = {}  # (fraction, seed) -> labeled training images
         for fraction in fractions:
             for seed in args.seeds:
                 subset = subset_name(fraction, seed)
-                n = sum(r["split"] == "train" and (subset is None or r[subset] == "1") for r in rows)
-                path = pipeline(ds, manifest, subset, seed, n, arms, args.size, work, quick=args.quick,
-                                pretrain_epochs=args.pretrain_epochs)
-                print(f"{path.name}: {n} labeled training images", flush=True)
-                medalign("run", path, log=log)
-                runs[(fraction, seed)] = (path, n)
+                runs[(fraction, seed)] = sum(r["split"] == "train" and (subset is None or r[subset] == "1")
+                                             for r in rows)
+        path = pipeline(ds, manifest, runs, arms, args.size, work, quick=args.quick,
+                        pretrain_epochs=args.pretrain_epochs)
+        print(f"{path.name}: " + ", ".join(f"{f:.0%} seed {s}: {n} labeled" for (f, s), n in runs.items()), flush=True)
+        medalign("run", path, log=log)
         # arm 5: FixMatch on the medalign arm with the best mean val AUROC at 10% labels
-        measured = {k: outputs(p) for k, (p, _) in runs.items()}
+        measured = outputs(path, runs)
         ours = [a for a, arm in arms.items() if arm.group in (3, 4)]
         best = max(ours, key=lambda a: statistics.mean(
             measured[(FIXMATCH_AT, s)][f"ft-{slug(a)}"]["val"]["auroc"] for s in args.seeds)) \
             if ours and FIXMATCH_AT in fractions and not args.no_fixmatch else None
-        for seed in args.seeds if best else []:
-            path = pipeline(ds, manifest, subset_name(FIXMATCH_AT, seed), seed, runs[(FIXMATCH_AT, seed)][1], arms,
-                            args.size, work, fixmatch=best, quick=args.quick, pretrain_epochs=args.pretrain_epochs)
+        if best:
+            path = pipeline(ds, manifest, runs, arms, args.size, work, fixmatch=best, quick=args.quick,
+                            pretrain_epochs=args.pretrain_epochs)
             print(f"{path.name}: FixMatch on {best}", flush=True)
             medalign("run", path, log=log)
-            measured[(FIXMATCH_AT, seed)] = outputs(path)
+            measured = outputs(path, runs)
         with log.open() as f:
             f.seek(log_start)
             cached = sum("] cached " in line for line in f)
         seconds = time.perf_counter() - began
         total += seconds
         last = name == args.datasets[-1] and args.datasets == list(DATASETS)
-        write(ds, {"measured": measured, "labeled": {k: n for k, (_, n) in runs.items()}, "fixmatch": best,
-                   "fractions": fractions}, arms, args, seconds, cached, total if last else None)
+        write(ds, {"measured": measured, "labeled": runs, "fixmatch": best, "fractions": fractions}, arms, args,
+              seconds, cached, total if last else None)
 
 
 def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cached: int,

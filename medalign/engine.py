@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from medalign import config, resume, tracking
+from medalign import config, preemption, resume, tracking
 from medalign.data.transforms import seed_worker
 from medalign.errors import ConfigError, MedalignError, Preempted, writing
 
@@ -238,7 +236,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
 
     last_save = time.monotonic()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None if rt.is_main else True, leave=False)
-    with _preemption() as stop, tracker.run(step), \
+    with preemption.requested() as stop, tracker.run(step), \
             log_path.open("a", buffering=1) if rt.is_main else contextlib.nullcontext() as log_file:
         model.train()
         tick = time.perf_counter()
@@ -320,26 +318,6 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
     if rt.is_main:
         resume.discard(state_dir)  # done: the stage saves the weights it wants
     return history
-
-
-class _preemption:
-    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit) ask the loop to checkpoint and stop."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __enter__(self):
-        self.signal, self.previous = None, {}
-        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
-            for s in self.SIGNALS:
-                self.previous[s] = signal.signal(s, self._note)
-        return self
-
-    def _note(self, signum, frame) -> None:
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def _agree(flags: list[bool], rt: Runtime) -> list[bool]:

@@ -432,7 +432,7 @@ def test_concat_rebases_unions_columns_and_refuses_duplicates(tmp_path, capsys):
         cli.main(["manifest", "concat", str(tmp_path / "dup.csv"), str(tmp_path / "site1" / "m.csv"),
                   str(tmp_path / "again.csv")])
     err = capsys.readouterr().err
-    assert e.value.code == 1 and "1 duplicate row" in err and "A/a.png" in err and "\n" not in err.strip()
+    assert e.value.code == 2 and "1 duplicate row" in err and "A/a.png" in err and "\n" not in err.strip()
     assert not (tmp_path / "dup.csv").exists() and not list(tmp_path.glob(".dup.csv*"))
     report = build.concat(tmp_path / "dup.csv", [tmp_path / "site1" / "m.csv", tmp_path / "again.csv"],
                           keep_first=True)

@@ -2,11 +2,14 @@
 import json
 import os
 import shutil
+import signal
 
 import pytest
+import yaml
 
 from medalign import cli
 from medalign.pipeline import history
+from medalign.stages import demo_data
 
 
 def medalign(capsys, *args) -> tuple[int, str, str]:
@@ -111,3 +114,22 @@ def test_gc_never_touches_what_is_not_a_medalign_output(work, capsys, one_thread
     assert code == 0 and "nothing to delete" in out and mine.is_dir()
     code, out, _ = medalign(capsys, "gc", "--workdir", workdir, "--keep-days", "0", "--yes")  # no pipeline keeps it
     assert code == 0 and "deleted 1 folder(s)" in out and mine.is_dir() and (mine / "copy.yaml").is_file()
+
+
+def test_sigusr1_during_a_stage_without_a_training_loop_stops_the_run_between_steps(tmp_path, monkeypatch, capsys):
+    tiny = {"n_unlabeled": 0, "n_train": 4, "n_val": 2, "n_test": 2, "img_size": 16}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "steps": {
+        "first": {"stage": "demo-data", "config": tiny}, "second": {"stage": "demo-data", "config": {**tiny, "seed": 1}}}}))
+    real = demo_data.run
+
+    def signalled(cfg, out_dir):  # SLURM's warning arrives while the first step works
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return real(cfg, out_dir)
+
+    monkeypatch.setattr(demo_data, "run", signalled)
+    code, out, err = medalign(capsys, "run", path)
+    assert code == 75 and "stopped by SIGUSR1 before step 'second'" in err and "[first] done" in out
+    monkeypatch.setattr(demo_data, "run", real)
+    code, out, _ = medalign(capsys, "run", path)
+    assert code == 0 and ran(out) == ["second"]

@@ -5,6 +5,7 @@ The docs' torchrun lines are checked against `launch.command` rendered with shle
 MASTER_PORT=29500 (the environment docs/scheduling.md names).
 """
 import glob
+import json
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from medalign.errors import MedalignError, Preempted
-from medalign.pipeline import launch, spec
+from medalign.pipeline import history, launch, spec
 from medalign.pipeline.launch import Launcher, command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,17 +111,10 @@ def _pretrain(pipeline: str) -> tuple[Launcher, str]:
 
 
 @pytest.mark.parametrize("pipeline", ["nightly.yaml", "nightly-one-node.yaml"])
-def test_example_pipelines_are_valid(pipeline, tmp_path):
-    raw = yaml.safe_load((EXAMPLES / pipeline).read_text())
-    assert raw["steps"]["pretrain"]["launcher"]["kind"] == "torchrun"
-    # the other keys load as they are (with the launchers set aside, for a spec that does not know them)
-    for entry in raw["steps"].values():
-        entry.pop("launcher", None)
-        if "base" in entry:
-            entry["base"] = str((EXAMPLES / entry["base"]).resolve())
-    (tmp_path / pipeline).write_text(yaml.safe_dump(raw))
-    p = spec.load(tmp_path / pipeline)
+def test_example_pipelines_are_valid(pipeline):
+    p = spec.load(EXAMPLES / pipeline)
     assert [s.name for s in p.steps] == ["pretrain", "finetune", "evaluate"]
+    assert p.steps[0].launcher == _pretrain(pipeline)[0] and p.steps[1].launcher is None
 
 
 def test_one_node_pipeline_is_the_nightly_one_but_for_its_launcher():
@@ -285,3 +279,43 @@ def test_torchrun_step_is_preempted_through_the_agent_then_resumes(demo_set, tmp
     assert "resuming the run interrupted at step" in second.out, second.out[-2000:]
     assert second.out.count("[pretrain] done") == 1
     assert (out / "checkpoint" / "model.safetensors").is_file()
+
+
+PIPELINE = """
+workdir: {work}
+steps:
+  pretrain:
+    launcher: {{kind: torchrun, nproc_per_node: 2}}
+    config:
+      backbone: {{name: test_resnet, img_size: 32}}
+      method: {{name: simclr}}
+      data: {{manifest: {manifest}, batch_size: 4}}
+      optim: {{epochs: 1, warmup_epochs: 0}}
+      runtime: {{device: cpu}}
+  finetune:
+    config:
+      backbone: {{checkpoint: "${{pretrain}}"}}
+      data: {{manifest: {manifest}, batch_size: 4}}
+      optim: {{epochs: 1, warmup_epochs: 0}}
+"""
+
+
+def test_a_launcher_step_runs_under_torchrun_and_the_rest_in_the_parent(demo_set, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.format(work=tmp_path / "work", manifest=demo_set))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "medalign", "run", str(path)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    launched = [line for line in r.stdout.splitlines() if "] launching: " in line]
+    assert len(launched) == 1 and launched[0].startswith("[pretrain]") and "--nproc-per-node 2" in launched[0]
+    assert r.stdout.count("[pretrain] done") == 1 and "[finetune] running finetune" in r.stdout
+    pretrain = next((tmp_path / "work" / "pretrain").glob("[0-9a-f]*"))
+    steps = [json.loads(x) for x in (pretrain / "log.jsonl").read_text().splitlines() if '"summary"' not in x]
+    assert len(steps) == 2  # 20 images over 2 ranks of batch 4: 2 steps each (one process would take 5)
+
+    parent = [rec for rec in history.read(tmp_path / "work") if len(rec["steps"]) == 2]
+    assert [(s["step"], s["outcome"]) for s in parent[0]["steps"]] == [("pretrain", "ran"), ("finetune", "ran")]
+    again = subprocess.run([sys.executable, "-m", "medalign", "run", str(path)], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert again.returncode == 0 and "launching" not in again.stdout and again.stdout.count("] cached ") == 2

@@ -111,7 +111,9 @@ def run(argv: list[str], label: str) -> None:
             previous[s] = signal.signal(s, forward)
     try:
         try:
-            child.append(subprocess.Popen(argv, start_new_session=True))
+            # our stdout as it is now: `run --json` points it at stderr, keeping the real one for the JSON
+            out = sys.stdout if _has_fd(sys.stdout) else None
+            child.append(subprocess.Popen(argv, start_new_session=True, stdout=out))
         except OSError as e:
             raise MedalignError(f"step '{label}': cannot start {argv[0]}: {e.strerror}") from None
         if got:  # a signal came before the child was there to pass it to
@@ -126,6 +128,14 @@ def run(argv: list[str], label: str) -> None:
         raise Preempted(f"step '{label}' was preempted (exit code {code}); rerun to resume")
     if code != 0:
         raise MedalignError(f"step '{label}' failed: {_how(code)} from {_name(argv)} (its own error is above)")
+
+
+def _has_fd(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a notebook's: the child inherits ours
+        return False
 
 
 def _name(argv: list[str]) -> str:

@@ -3,7 +3,8 @@
 `medalign STAGE` and `medalign run` both call `execute` for each step: under the step's lock it
 re-checks the cache, adopts or creates the in-progress folder, runs the stage there and renames
 the result into place. Under torchrun rank 0 alone locks, prints and touches folders; every rank
-runs the stage in the folder rank 0 names.
+runs the stage in the folder rank 0 names. A step with a `launcher` runs as `medalign run --only
+STEP` under torchrun in child processes (pipeline.launch), which come back here as ranks.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from medalign import config
+from medalign import config, preemption
 from medalign.config import STAGES, Stage
-from medalign.errors import ConfigError, MedalignError
-from medalign.pipeline import cache, history, lock, ranks, store
+from medalign.errors import ConfigError, MedalignError, Preempted
+from medalign.pipeline import cache, history, launch, lock, ranks, store
 from medalign.pipeline.spec import Pipeline, Step, resolve
 
 say = functools.partial(print, flush=True)  # progress lines reach a log file as they happen
@@ -134,22 +135,40 @@ def _run(pipeline: Pipeline, only: list[str], until: str | None, force: bool | C
         step, dep = missing[0]
         raise ConfigError(f"step '{step}' needs '{dep}', which has no output and is not selected; "
                           f"run it first (--until {step} runs both)")
-    for p in chosen:
-        stage = STAGES[p.step.stage]
-        cfg = config.validate(stage.config, resolve(p.step.raw, outputs), f"{pipeline.path} step '{p.step.name}'")
-        forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
-        started, outcome, code = time.time(), "failed", 1
-        try:
-            _, outcome = execute(stage, cfg, p.out, p.record, label=p.step.name, force=forced,
-                                 lock_timeout=lock_timeout, echo=echo)
-            code = 0
-        except BaseException as e:
-            code = exit_code(e)
-            raise
-        finally:
-            if entry:
-                entry.step(p.step.name, p.step.stage, p.key, p.out, outcome, time.time() - started, code)
+    with preemption.requested() as stop:
+        for p in chosen:
+            if stop.signal:  # a stage without a training loop got SIGTERM/SIGUSR1: stop between steps
+                raise Preempted(f"stopped by {stop.signal} before step '{p.step.name}'; rerun to continue")
+            forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
+            started, outcome, code = time.time(), "failed", 1
+            try:
+                if p.step.launcher and not launch.inside_torchrun() and (forced or store.cached(p.out, p.record) is None):
+                    outcome = _launch(pipeline, p, forced, lock_timeout)
+                else:
+                    stage = STAGES[p.step.stage]
+                    cfg = config.validate(stage.config, resolve(p.step.raw, outputs), f"{pipeline.path} step '{p.step.name}'")
+                    _, outcome = execute(stage, cfg, p.out, p.record, label=p.step.name, force=forced,
+                                         lock_timeout=lock_timeout, echo=echo)
+                code = 0
+            except BaseException as e:
+                code = exit_code(e)
+                raise
+            finally:
+                if entry:
+                    entry.step(p.step.name, p.step.stage, p.key, p.out, outcome, time.time() - started, code)
     return outputs
+
+
+def _launch(pipeline: Pipeline, p: Planned, forced: bool, lock_timeout: float | None) -> str:
+    """Runs step `p` as `medalign run --only STEP` under its launcher (torchrun), in child processes;
+    returns its outcome as the child's own history record tells it."""
+    args = ["run", str(pipeline.path), "--only", p.step.name, "--workdir", str(pipeline.workdir), *pipeline.overrides]
+    args += ["--force", p.step.name] if forced else []
+    args += ["--lock-timeout", str(lock_timeout)] if lock_timeout is not None else []
+    before = len(history.read(pipeline.workdir))
+    launch.run(launch.command(p.step.launcher, args), p.step.name)
+    mine = [s for r in history.read(pipeline.workdir)[before:] for s in r.get("steps", []) if s.get("key") == p.key]
+    return mine[-1]["outcome"] if mine else "ran"
 
 
 def exit_code(e: BaseException) -> int:

@@ -8,6 +8,7 @@
 
 The references make the DAG: a step runs after every step it names. `base` is a stage config file
 (relative to the pipeline file) that `config` is merged over; `stage` defaults to the step's name.
+`launcher: {kind: torchrun, nproc_per_node: 4}` runs a step on several processes (pipeline.launch).
 
 A sweep: `matrix` maps config keys to values, and the step runs once per combination, named
 `finetune[seed=0]` and so on; a list of such maps instead names each combination itself, for keys
@@ -32,6 +33,7 @@ from pathlib import Path
 from medalign import config
 from medalign.errors import ConfigError
 from medalign.config import STAGES
+from medalign.pipeline.launch import Launcher
 
 REF = re.compile(r"\$\{([A-Za-z_][\w-]*(?:\[[^\]]*\])?)\}")  # ${step}, ${step[seed=0]}, ${step[*]}
 EVERY = "[*]"
@@ -45,6 +47,8 @@ class Step:
     cfg: config.Section  # raw, validated
     deps: list[str]
     group: str = ""  # the pipeline file's step name: the runs of a sweep share its output folder
+    launcher: Launcher | None = None  # how its processes start (torchrun); not part of the cache key
+    combo: dict = field(default_factory=dict)  # the sweep's values for this run, its own and its upstream's
 
     def __post_init__(self):
         self.group = self.group or self.name
@@ -81,17 +85,23 @@ def load(path: str | Path, overrides: list[str] = (), workdir: Path | None = Non
     return Pipeline(path, workdir, steps, list(overrides))
 
 
-def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, list[dict]]:
-    """(stage, raw config, the matrix's combinations) of one step of the file, before any sweep is expanded."""
-    if not isinstance(entry, dict) or set(entry) - {"stage", "base", "config", "matrix"}:
-        raise ConfigError(f"{path}: step '{name}' takes the keys stage, base, config and matrix")
+def _entry(path: Path, name: str, entry, overrides: list[str]) -> tuple[str, dict, list[dict], Launcher | None]:
+    """(stage, raw config, the matrix's combinations, launcher) of one step of the file, before any
+    sweep is expanded."""
+    if not isinstance(entry, dict) or set(entry) - {"stage", "base", "config", "matrix", "launcher"}:
+        raise ConfigError(f"{path}: step '{name}' takes the keys stage, base, config, matrix and launcher")
     stage = entry.get("stage", name)
     if stage not in STAGES:
         raise ConfigError(f"{path}: step '{name}' names unknown stage '{stage}' (stages: {', '.join(STAGES)})")
     raw = config.read_yaml(path.parent / entry["base"]) if entry.get("base") else {}
     _merge(raw, copy.deepcopy(entry.get("config") or {}))
     config.apply_overrides(raw, overrides)
-    return stage, raw, _combinations(path, name, entry.get("matrix") or {})
+    launcher = entry.get("launcher")
+    if launcher is not None:
+        if not isinstance(launcher, dict):
+            raise ConfigError(f"{path}: step '{name}': launcher is a map, e.g. {{kind: torchrun, nproc_per_node: 4}}")
+        launcher = config.validate(Launcher, launcher, f"{path} step '{name}' launcher")
+    return stage, raw, _combinations(path, name, entry.get("matrix") or {}), launcher
 
 
 def _combinations(path: Path, name: str, matrix) -> list[dict]:
@@ -106,13 +116,13 @@ def _combinations(path: Path, name: str, matrix) -> list[dict]:
                       "or is a list of such maps, one per run")
 
 
-def _expand(path: Path, entries: dict[str, tuple[str, dict, list[dict]]], overrides: dict[str, list[str]]) -> list[Step]:
+def _expand(path: Path, entries: dict[str, tuple], overrides: dict[str, list[str]]) -> list[Step]:
     """One Step per run: a swept step per combination of its matrix, crossed with (or, on a shared
     key, matched to) the combinations of every swept step it names."""
     runs: dict[str, list[tuple[dict, str]]] = {}  # step -> [(combination, run name)]
     steps = []
     for name in _group_order(path, entries):
-        stage, raw, combos = entries[name]
+        stage, raw, combos, launcher = entries[name]
         found = REF.findall(str(raw))
         refs = {r.removesuffix(EVERY) for r in found}
         swept = list(combos[0])
@@ -126,7 +136,8 @@ def _expand(path: Path, entries: dict[str, tuple[str, dict, list[dict]]], overri
             r = _pick(r, {dep: [n for c, n in runs[dep] if _agree(c, combo)] for dep in refs}, f"{path} step '{run}'")
             # fail early, before anything runs
             cfg = config.validate(STAGES[stage].config, r, f"{path} step '{run}'", overrides.get(name, []))
-            steps.append(Step(run, stage, r, cfg, deps=sorted(set(REF.findall(str(r)))), group=name))
+            steps.append(Step(run, stage, r, cfg, deps=sorted(set(REF.findall(str(r)))), group=name,
+                              launcher=launcher, combo=combo))
             runs[name].append((combo, run))
     return steps
 
@@ -156,9 +167,9 @@ def _pick(raw, runs: dict[str, list[str]], where: str):
     return raw
 
 
-def _group_order(path: Path, entries: dict[str, tuple[str, dict, list[dict]]]) -> list[str]:
+def _group_order(path: Path, entries: dict[str, tuple]) -> list[str]:
     """The file's steps in an order that puts each after every step it names."""
-    deps = {n: {r.removesuffix(EVERY) for r in REF.findall(str(raw))} for n, (_, raw, _) in entries.items()}
+    deps = {n: {r.removesuffix(EVERY) for r in REF.findall(str(raw))} for n, (_, raw, *_) in entries.items()}
     for name, names in deps.items():
         missing = sorted(names - set(entries))
         if missing:
