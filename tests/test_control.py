@@ -120,7 +120,8 @@ def test_sigusr1_during_a_stage_without_a_training_loop_stops_the_run_between_st
     tiny = {"n_unlabeled": 0, "n_train": 4, "n_val": 2, "n_test": 2, "img_size": 16}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "steps": {
-        "first": {"stage": "demo-data", "config": tiny}, "second": {"stage": "demo-data", "config": {**tiny, "seed": 1}}}}))
+        "first": {"stage": "demo-data", "config": tiny},
+        "second": {"stage": "demo-data", "config": {**tiny, "seed": 1}}}}))
     real = demo_data.run
 
     def signalled(cfg, out_dir):  # SLURM's warning arrives while the first step works

@@ -93,8 +93,8 @@ FOLD_HELP = ("k-fold cross-validation over the manifest's `fold` column (`manife
 
 
 FINGERPRINT_HELP = ("what of each image enters the cache key: stat (size and mtime: fast; a copy that resets "
-                    "mtimes reruns) or content (sha256 of the bytes, remembered by size, mtime and ctime so a second pass "
-                    "reads nothing)")
+                    "mtimes reruns) or content (sha256 of the bytes, remembered by size, mtime and ctime so a "
+                    "second pass reads nothing)")
 
 
 class DataSection(Section):

@@ -32,7 +32,8 @@ def content_hashes(files: list[Path]) -> dict[Path, str]:
         known = {}
         for chunk in _chunks([str(Path(f).resolve()) for f in files], 500):
             marks = ",".join("?" * len(chunk))
-            rows = con.execute(f"SELECT path, size, mtime_ns, ctime_ns, sha256 FROM files WHERE path IN ({marks})", chunk)
+            rows = con.execute("SELECT path, size, mtime_ns, ctime_ns, sha256 FROM files "
+                               f"WHERE path IN ({marks})", chunk)
             known.update({row[0]: row[1:] for row in rows})
         out, fresh = {}, []
         for f in files:

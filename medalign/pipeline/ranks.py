@@ -13,9 +13,13 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def share(word):
     """Rank 0's `word` on every rank. No other rank returns before rank 0 has called it: a barrier."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if world() == 1:
         return word
     box = [word]
     _group().broadcast_object_list(box, src=0)
@@ -23,7 +27,7 @@ def share(word):
 
 
 def barrier() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world() > 1:
         _group().barrier()
 
 

@@ -76,7 +76,7 @@ def preview(pipeline: Pipeline, *, only: list[str] = (), until: str | None = Non
     rows = []
     for p in select(plan(pipeline), only, until):
         row = describe(p)
-        forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
+        forced = _forced(force, p.step)
         row["action"] = "run (forced)" if forced and row["state"] != "running" else ACTIONS[row["state"]]
         rows.append(row)
     return rows
@@ -88,7 +88,8 @@ def select(planned: list[Planned], only: list[str] = (), until: str | None = Non
     named = {n for p in planned for n in (p.step.name, p.step.group)}
     for name in [*only, *([until] if until else [])]:
         if name not in named:
-            raise ConfigError(f"no step '{name}' in the pipeline (steps: {', '.join(dict.fromkeys(p.step.name for p in planned))})")
+            steps = ", ".join(dict.fromkeys(p.step.name for p in planned))
+            raise ConfigError(f"no step '{name}' in the pipeline (steps: {steps})")
     if only:
         return [p for p in planned if {p.step.name, p.step.group} & set(only)]
     if until:
@@ -137,16 +138,20 @@ def _run(pipeline: Pipeline, only: list[str], until: str | None, force: bool | C
                           f"run it first (--until {step} runs both)")
     with preemption.requested() as stop:
         for p in chosen:
-            if stop.signal:  # a stage without a training loop got SIGTERM/SIGUSR1: stop between steps
+            # a stage without a training loop got SIGTERM/SIGUSR1: stop between steps (one process only:
+            # ranks could each see it before a different step)
+            if stop.signal and ranks.world() == 1:
                 raise Preempted(f"stopped by {stop.signal} before step '{p.step.name}'; rerun to continue")
-            forced = force is True or bool({p.step.name, p.step.group} & set(force or ()))
+            forced = _forced(force, p.step)
             started, outcome, code = time.time(), "failed", 1
             try:
-                if p.step.launcher and not launch.inside_torchrun() and (forced or store.cached(p.out, p.record) is None):
+                launched = p.step.launcher and not launch.inside_torchrun()
+                if launched and (forced or store.cached(p.out, p.record) is None):
                     outcome = _launch(pipeline, p, forced, lock_timeout)
                 else:
                     stage = STAGES[p.step.stage]
-                    cfg = config.validate(stage.config, resolve(p.step.raw, outputs), f"{pipeline.path} step '{p.step.name}'")
+                    where = f"{pipeline.path} step '{p.step.name}'"
+                    cfg = config.validate(stage.config, resolve(p.step.raw, outputs), where)
                     _, outcome = execute(stage, cfg, p.out, p.record, label=p.step.name, force=forced,
                                          lock_timeout=lock_timeout, echo=echo)
                 code = 0
@@ -159,10 +164,15 @@ def _run(pipeline: Pipeline, only: list[str], until: str | None, force: bool | C
     return outputs
 
 
+def _forced(force: bool | Collection[str], step: Step) -> bool:
+    return force is True or bool({step.name, step.group} & set(force or ()))
+
+
 def _launch(pipeline: Pipeline, p: Planned, forced: bool, lock_timeout: float | None) -> str:
     """Runs step `p` as `medalign run --only STEP` under its launcher (torchrun), in child processes;
     returns its outcome as the child's own history record tells it."""
-    args = ["run", str(pipeline.path), "--only", p.step.name, "--workdir", str(pipeline.workdir), *pipeline.overrides]
+    args = ["run", str(pipeline.path), "--only", p.step.name, "--workdir", str(pipeline.workdir),
+            *pipeline.overrides]
     args += ["--force", p.step.name] if forced else []
     args += ["--lock-timeout", str(lock_timeout)] if lock_timeout is not None else []
     before = len(history.read(pipeline.workdir))
