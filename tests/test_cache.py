@@ -149,3 +149,12 @@ def test_bad_pipelines_are_config_errors(tmp_path, text, message):
 def test_override_must_name_a_step(tiny_pipeline):
     with pytest.raises(ConfigError, match="STEP.key=value"):
         spec.load(tiny_pipeline, ["optim.lr=0.1"])
+
+
+def test_status_names_a_config_key_the_old_output_did_not_have(tiny_pipeline):
+    p = planned(tiny_pipeline)["pretrain"]
+    old = json.loads(json.dumps(p.record))
+    del old["config"]["data"]["fold"]  # an output from before `data.fold` existed (its default is null)
+    complete(p)
+    (p.out / "key.json").write_text(json.dumps(old))
+    assert runner.state(planned(tiny_pipeline)["pretrain"]) == ("stale", "config data.fold (unset) -> None")

@@ -123,3 +123,11 @@ def test_content_hashes_are_read_once_and_survive_a_copy_that_resets_mtimes(arch
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     assert cache.fingerprint(str(pool_csv)) != stat_before  # by stat: everything reruns
     assert cache.fingerprint(str(pool_csv), content=True) == first and len(reads) == 12  # by content: nothing
+
+
+def test_the_fingerprint_mode_keeps_the_keys_of_outputs_made_before_it(archive):
+    path, _, pool_csv = archive
+    by_stat, by_content = (runner.plan(spec.load(path, o))[1] for o in ([], ["pretrain.data.fingerprint=content"]))
+    assert "fingerprint" not in by_stat.record["config"]["data"]  # a new default must not move every key
+    assert by_stat.record["inputs"]["data.manifest"] == manifest.fingerprint(pool_csv)
+    assert by_content.record["inputs"]["data.manifest"].startswith("content:") and by_content.key != by_stat.key

@@ -104,7 +104,8 @@ class DataSection(Section):
     cache: bool = Field(False, description=CACHE_HELP)
     batch_size: int = Field(64, ge=1)
     fold: int | None = Field(None, ge=0, description=FOLD_HELP)
-    fingerprint: Literal["stat", "content"] = Field("stat", description=FINGERPRINT_HELP)
+    # cosmetic: the mode shows in the input's fingerprint itself, and outputs made before it existed keep their keys
+    fingerprint: Literal["stat", "content"] = cosmetic("stat", FINGERPRINT_HELP)
 
 
 class TrainingData(DataSection):

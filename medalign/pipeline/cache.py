@@ -4,7 +4,8 @@ key = sha256 of canonical JSON of {stage, config without cosmetic fields, upstre
 fingerprints, medalign version}. Inputs produced by an upstream step are covered by its key and
 not fingerprinted again; outside inputs (manifests, weights) are fingerprinted from their files,
 and their paths are made absolute: `m.csv` and `/data/m.csv` spell the same input. A manifest's
-fingerprint covers the images it lists (`data.fingerprint`: their size and mtime, or their content);
+fingerprint covers the images it lists (`data.fingerprint`: their size and mtime, or their content,
+marked `content:`);
 each output keeps the list (INVENTORY) so that `explain` can say how many images came and went.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from medalign.pipeline.spec import REF
 
 KEY_LENGTH = 16  # hex characters of the sha256 in folder names; 64 bits is plenty per step
 INVENTORY = "inputs.json"
+_UNSET = object()
 
 
 def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
@@ -74,7 +76,7 @@ def key_of(rec: dict) -> str:
 def fingerprint(path: str, content: bool = False) -> str:
     p = Path(path)
     if _is_manifest(path):
-        return manifest.fingerprint(p, content)
+        return f"content:{manifest.fingerprint(p, True)}" if content else manifest.fingerprint(p)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
     if not files:
         return "missing"
@@ -126,7 +128,7 @@ def _input_changes(prev: Path, old: dict, new: dict) -> list[str]:
             phrases.append(f"input {name} changed")
             continue
         was = saved[name]["images"]
-        now = manifest.inventory(path, isinstance(section, dict) and section.get("fingerprint") == "content")
+        now = manifest.inventory(path, fp.startswith("content:"))
         counts = [(n, verb) for n, verb in ((sum(f not in was for f in now), "added"),
                                             (sum(f not in now for f in was), "removed"),
                                             (sum(f in was and now[f] != was[f] for f in now), "changed")) if n]
@@ -150,7 +152,8 @@ def diff(old: dict, new: dict) -> list[str]:
         reasons.append(f"stage {old.get('stage')} -> {new['stage']}")
     before, after = _flatten(old.get("config", {})), _flatten(new["config"])
     changed = [f"{k} {before.get(k, '(unset)')} -> {after.get(k, '(unset)')}"
-               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+               # a key new to the config (null by default) is a change too: the old record lacks it
+               for k in sorted(set(before) | set(after)) if before.get(k, _UNSET) != after.get(k, _UNSET)]
     if changed:
         reasons.append("config " + ", ".join(changed))
     upstream = [n for n, k in new["upstream"].items() if old.get("upstream", {}).get(n) != k]
