@@ -14,11 +14,12 @@ import os
 import sqlite3
 from pathlib import Path
 
+from medalign.cachedir import cache_home
 from medalign.data.manifest import file_sha256
 
 
 def db_path() -> Path:
-    return Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "hashes.sqlite"
+    return cache_home() / "hashes.sqlite"
 
 
 def content_hashes(files: list[Path]) -> dict[Path, str]:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medalign.cachedir import cache_home
 from medalign.config import digest
 from medalign.data import readers
 from medalign.data.manifest import Manifest, fingerprint, frame_index, slice_axis
@@ -196,7 +197,7 @@ def quantise(image: np.ndarray) -> np.ndarray:
 
 def default_root() -> Path:
     """$MEDALIGN_CACHE/preprocess, by default ~/.cache/medalign/preprocess."""
-    return Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "preprocess"
+    return cache_home() / "preprocess"
 
 
 def entries(root: Path) -> list[dict]:

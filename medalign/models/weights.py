@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from medalign.cachedir import cache_home
 from medalign.data.manifest import file_sha256
 from medalign.errors import CheckpointError, ConfigError
 from medalign.registry import Registry
@@ -81,7 +82,7 @@ def _convert(src: Source, source: Path, out: Path, record: dict) -> None:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("MEDALIGN_CACHE") or Path.home() / ".cache" / "medalign") / "weights"
+    return cache_home() / "weights"
 
 
 def _timm_state(model: str) -> dict:
