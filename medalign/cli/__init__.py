@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("medalign: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `medalign cache list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        sys.exit(0)
 
 
 def _parser() -> argparse.ArgumentParser:
