@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from medalign import cli
-from medalign.pipeline import history
+from medalign.pipeline import history, lock, store
 from medalign.stages import demo_data
 
 
@@ -134,3 +134,16 @@ def test_sigusr1_during_a_stage_without_a_training_loop_stops_the_run_between_st
     monkeypatch.setattr(demo_data, "run", real)
     code, out, _ = medalign(capsys, "run", path)
     assert code == 0 and ran(out) == ["second"]
+
+
+def test_gc_leaves_an_interrupted_run_whose_lock_is_held_alone(work, capsys):
+    path, workdir = work
+    assert medalign(capsys, "run", path, "--until", "data")[0] == 0
+    live = workdir / "pretrain" / "fedcba9876543210"  # another process's run of a config no pipeline names
+    store.partial_dir(live).mkdir(parents=True)
+    with lock.acquire(store.lock_path(live), str(live), 0):
+        code, out, _ = medalign(capsys, "gc", path, "--keep-days", "0", "--yes")
+        assert code == 0 and "nothing to delete" in out and store.partial_dir(live).is_dir()
+    code, out, _ = medalign(capsys, "gc", path, "--keep-days", "0", "--yes")  # its run has ended: it goes
+    assert "deleted 1 folder(s)" in out and not store.partial_dir(live).exists()
+    assert not store.lock_path(live).exists()
