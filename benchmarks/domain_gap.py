@@ -12,7 +12,6 @@ Writes the section "## Domain gap" of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from medalign.data import build
 from results import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def main() -> None:
     printed = medalign("run", pipeline)
     outs = dict(re.findall(r"^\[([\w-]+)\] (?:done|cached) +(\S+)$", printed, re.M))
     pool = Path(outs["data"]) / "manifest.csv"
-    sites = {s: _site(pool, s, args.work / f"{s}.csv") for s in ("scanner_a", "scanner_b")}
+    sites = {s: build.select(pool, args.work / f"{s}.csv", "site", s) for s in ("scanner_a", "scanner_b")}
 
     rows = []
     for i, (label, (backbone, _)) in enumerate(STARTS.items()):
@@ -93,16 +93,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     update_section(HEADING, section)
-
-
-def _site(manifest: Path, site: str, out: Path) -> Path:
-    """The rows of one scanner, with absolute image paths (the copy lives elsewhere)."""
-    rows = [r for r in csv.DictReader(manifest.open()) if r["site"] == site]
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({**r, "path": str(manifest.parent / r["path"])} for r in rows)
-    return out
 
 
 if __name__ == "__main__":

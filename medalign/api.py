@@ -39,9 +39,10 @@ def stage(name: str, cfg: ConfigLike = None, *, out: str | Path | None = None, w
     """Runs stage `name` (cached by key) on a YAML file, a dict or a config object, with key=value overrides."""
     st = STAGES[name]
     section = _config(st.config, cfg, list(overrides))
-    rec = cache.record(name, section, upstream={})
+    rec, inventories = cache.record(name, section, upstream={})
     out = Path(out) if out else Path(workdir) / name / cache.key_of(rec)
-    metrics, outcome = runner.execute(st, section, out, rec, label=name, force=force, lock_timeout=lock_timeout)
+    metrics, outcome = runner.execute(st, section, out, rec, inventories, label=name, force=force,
+                                      lock_timeout=lock_timeout)
     return Output(out, metrics, outcome)
 
 

@@ -117,7 +117,7 @@ class MLflow:
         for k, v in MLFLOW_ENV.items():
             os.environ.setdefault(k, v)
         self.mlflow = _require("mlflow", "logging.mlflow_uri", "mlflow")
-        self.cfg, self.out_dir, self.stage, self.params = cfg, out_dir, stage, _flatten(params)
+        self.cfg, self.out_dir, self.stage, self.params = cfg, out_dir, stage, _strings(config.flatten(params))
         self.client, self.run_id = None, None
 
     def start(self, step: int) -> None:
@@ -171,11 +171,5 @@ class MLflow:
             self.client = None
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[prefix + k] = v if isinstance(v, str) else json.dumps(v)
-    return out
+def _strings(params: dict) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}  # MLflow's params are text

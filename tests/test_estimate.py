@@ -89,7 +89,7 @@ def test_relative_and_absolute_candidate_checkpoints_give_one_key(demo_set, tmp_
 
     def record(path):
         return cache.record("estimate", _cfg(demo_set, [{"name": "random", "backbone": RESNET},
-                                                        {"name": "c", "backbone": {**RESNET, "checkpoint": path}}]), {})
+                                                        {"name": "c", "backbone": {**RESNET, "checkpoint": path}}]), {})[0]
 
     rel, absolute = record("ckpts/source"), record(str(ckpt))
     assert cache.key_of(rel) == cache.key_of(absolute)

@@ -1,7 +1,6 @@
 """gap and drift on the demo data's two synthetic scanners."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -9,17 +8,8 @@ import pytest
 
 from medalign import cli, config
 from medalign.cli.evidence import DRIFT_EXIT
-from medalign.data import demo
+from medalign.data import build, demo
 from medalign.gap import gap
-
-
-def _by_site(manifest: Path, site: str, out: Path) -> Path:
-    rows = [r for r in csv.DictReader(manifest.open()) if r["site"] == site]
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({**r, "path": str(manifest.parent / r["path"])} for r in rows)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +20,8 @@ def draws(tmp_path_factory):
     for seed in (1, 2):
         demo.generate(root / f"d{seed}", n_unlabeled=60, n_train=8, n_val=4, n_test=8, img_size=32, seed=seed)
         for site in demo.SITES:
-            out[seed, site] = _by_site(root / f"d{seed}" / "manifest.csv", site, root / f"d{seed}_{site}.csv")
+            out[seed, site] = build.select(root / f"d{seed}" / "manifest.csv", root / f"d{seed}_{site}.csv",
+                                           "site", site)
     return out
 
 

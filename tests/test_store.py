@@ -36,7 +36,7 @@ class FakeStage:
 def execute(stage, out, seed=0, **kw):
     cfg = DemoDataConfig(seed=seed)
     lines = []
-    metrics, outcome = runner.execute(stage, cfg, out, cache.record("demo-data", cfg, {}), label="step",
+    metrics, outcome = runner.execute(stage, cfg, out, *cache.record("demo-data", cfg, {}), label="step",
                                          echo=lines.append, **kw)
     return metrics, outcome, lines
 
@@ -44,7 +44,7 @@ def execute(stage, out, seed=0, **kw):
 @pytest.fixture
 def keyed(tmp_path):
     cfg = DemoDataConfig(seed=0)
-    return tmp_path / "work" / "data" / cache.key_of(cache.record("demo-data", cfg, {}))
+    return tmp_path / "work" / "data" / cache.key_of(cache.record("demo-data", cfg, {})[0])
 
 
 def test_second_run_is_cached_without_running_the_stage(keyed):

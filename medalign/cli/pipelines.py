@@ -1,7 +1,6 @@
 """`medalign run|status|history|gc`: pipelines, what they did, and what they left behind. No torch."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -8,7 +8,7 @@ stages.py    one config per stage (registry STAGES), with the method and adapter
 """
 from medalign.config.adapters import (ADAPTERS, TUNINGS, AplaTuning, BitFitTuning, DoraAdapter, ExploraTuning,
                                       FrozenTuning, FullAdapter, LinearAdapter, LoraAdapter, PartialAdapter)
-from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, load,
+from medalign.config.loading import (Section, apply_overrides, cosmetic, describe, digest, dump, flatten, load,
                                      read_yaml, semantic, validate)
 from medalign.config.sections import (AugmentConfig, BackboneConfig, CTWindow, DataSection, Intensity, Logging,
                                       MonitorConfig, OptimConfig, Runtime, TrainingData)
@@ -24,6 +24,6 @@ __all__ = [
     "EstimateConfig", "EvaluateConfig", "ExploraTuning", "FinetuneConfig", "FrozenTuning",
     "FullAdapter", "HeadConfig", "Intensity", "LinearAdapter", "Logging", "LoraAdapter", "LossConfig", "MAEConfig", "METHODS", "MoCoV3Config",
     "MonitorConfig", "OptimConfig", "PartialAdapter", "PretrainConfig", "Runtime", "STAGES", "Section", "SemiConfig", "SimCLRConfig",
-    "Stage", "TUNINGS", "TaskConfig", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump",
+    "Stage", "TUNINGS", "TaskConfig", "TrainingData", "apply_overrides", "cosmetic", "describe", "digest", "dump", "flatten",
     "load", "read_yaml", "semantic", "validate",
 ]

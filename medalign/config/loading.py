@@ -162,6 +162,17 @@ def semantic(cfg: BaseModel) -> dict:
     return out
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested sections -> dotted keys (`optim.lr`); lists and empty sections as JSON text."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = json.dumps(v) if isinstance(v, list | dict) else v
+    return out
+
+
 def digest(obj: Any) -> str:
     """sha256 of canonical JSON (sorted keys), as DVC hashes its stage entries."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -531,6 +531,17 @@ def rebase(path: str, old_manifest: Path, new_manifest: Path) -> str:
     return _rel(old_manifest.parent / path, new_manifest)
 
 
+def select(manifest_csv: str | Path, out_csv: str | Path, column: str, value: str) -> Path:
+    """The rows whose `column` is `value` (one scanner, one site), as a manifest of their own with
+    paths re-based to its folder."""
+    m, out_csv = read_manifest(manifest_csv), Path(out_csv)
+    rows = [{**r, "path": rebase(r["path"], m.path, out_csv)} for r in m.rows if r.get(column) == value]
+    if not rows:
+        raise DataError(f"manifest {m.path}: no row has {column}={value}")
+    write_csv(out_csv, list(m.columns), rows)
+    return out_csv
+
+
 # ---------------------------------------------------------------------------------------------
 # stacking manifests
 

@@ -125,11 +125,12 @@ def check_files(manifest: Manifest, rows: list[dict[str, str]]) -> None:
                         + ", ".join(missing))
 
 
-def fingerprint(path: str | Path, content: bool = False) -> str:
-    """sha256 of the manifest's bytes and each image's path and signature (see `inventory`)."""
+def fingerprint(path: str | Path, content: bool = False, signatures: dict[str, str] | None = None) -> str:
+    """sha256 of the manifest's bytes and each image's path and signature (see `inventory`; pass the
+    one already taken, so that no image is looked at twice)."""
     manifest = read_manifest(path)
     h = hashlib.sha256(manifest.path.read_bytes())
-    signatures = inventory(manifest, content)
+    signatures = signatures if signatures is not None else inventory(manifest, content)
     for row in manifest.rows:
         h.update(f"{row['path']}\0{signatures[row['path']]}\n".encode())
     return h.hexdigest()

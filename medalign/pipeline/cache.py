@@ -24,32 +24,26 @@ INVENTORY = "inputs.json"
 _UNSET = object()
 
 
-def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> dict:
-    outside = _outside(cfg)
+def record(stage: str, cfg: config.Section, upstream: dict[str, str]) -> tuple[dict, dict[str, dict]]:
+    """(the record, the inventory of each outside manifest: its bytes' sha256 and every image's
+    signature). One look at each image gives both: the inventory is what the output keeps (INVENTORY)
+    and what `explain` compares, so neither has to stat a large archive again."""
+    outside = {k: v for k, v in getattr(cfg, "inputs", dict)().items() if v and not REF.search(v)}
     semantic = config.semantic(cfg)
+    fingerprints, inventories = {}, {}
     for dotted, path in outside.items():
         *parents, leaf = dotted.split(".")
         section = semantic
         for p in parents:
             section = section[_step(section, p)]
         section[_step(section, leaf)] = os.path.abspath(path)
-    return {
-        "stage": stage,
-        "config": semantic,
-        "upstream": upstream,
-        "inputs": {k: fingerprint(v, _by_content(cfg, k)) for k, v in outside.items()},
-        "version": __version__,
-    }
-
-
-def inventories(cfg: config.Section) -> dict[str, dict]:
-    """For each outside manifest: its bytes' sha256 and every image's signature, as `record` saw them."""
-    return {k: {"manifest_sha256": manifest.file_sha256(Path(v)), "images": manifest.inventory(v, _by_content(cfg, k))}
-            for k, v in _outside(cfg).items() if _is_manifest(v)}
-
-
-def _outside(cfg: config.Section) -> dict[str, str]:
-    return {k: v for k, v in getattr(cfg, "inputs", dict)().items() if v and not REF.search(v)}
+        content = _by_content(cfg, dotted)
+        if _is_manifest(path):
+            images = manifest.inventory(path, content)
+            inventories[dotted] = {"manifest_sha256": manifest.file_sha256(Path(path)), "images": images}
+        fingerprints[dotted] = fingerprint(path, content, inventories.get(dotted, {}).get("images"))
+    rec = {"stage": stage, "config": semantic, "upstream": upstream, "inputs": fingerprints, "version": __version__}
+    return rec, inventories
 
 
 def _by_content(cfg: config.Section, dotted: str) -> bool:
@@ -73,10 +67,11 @@ def key_of(rec: dict) -> str:
     return config.digest(rec)[:KEY_LENGTH]
 
 
-def fingerprint(path: str, content: bool = False) -> str:
+def fingerprint(path: str, content: bool = False, signatures: dict[str, str] | None = None) -> str:
     p = Path(path)
     if _is_manifest(path):
-        return f"content:{manifest.fingerprint(p, True)}" if content else manifest.fingerprint(p)
+        digest = manifest.fingerprint(p, content, signatures)
+        return f"content:{digest}" if content else digest
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
     if not files:
         return "missing"
@@ -84,7 +79,7 @@ def fingerprint(path: str, content: bool = False) -> str:
                            f.stat().st_mtime_ns] for f in files])
 
 
-def explain(out: Path, rec: dict) -> str:
+def explain(out: Path, rec: dict, inventories: dict[str, dict]) -> str:
     """Why `out` is not an output of `rec`: what changed since the output it replaces.
 
     That is `out` itself when it is complete (an explicit --out whose config changed), else, for a
@@ -105,11 +100,11 @@ def explain(out: Path, rec: dict) -> str:
     reasons = diff(old, rec)
     for i, reason in enumerate(reasons):
         if reason.startswith("input "):
-            reasons[i] = "; ".join(_input_changes(prev, old, rec))
+            reasons[i] = "; ".join(_input_changes(prev, old, rec, inventories))
     return "; ".join(reasons) or "inputs changed"
 
 
-def _input_changes(prev: Path, old: dict, new: dict) -> list[str]:
+def _input_changes(prev: Path, old: dict, new: dict, inventories: dict[str, dict]) -> list[str]:
     """One phrase per changed input; a manifest's says how many of its images came, went or changed."""
     try:
         saved = json.loads((prev / INVENTORY).read_text())
@@ -119,23 +114,17 @@ def _input_changes(prev: Path, old: dict, new: dict) -> list[str]:
     for name, fp in new["inputs"].items():
         if old.get("inputs", {}).get(name) == fp:
             continue
-        *parents, leaf = name.split(".")
-        section = new["config"]
-        for part in parents:
-            section = section[_step(section, part)]
-        path = section[_step(section, leaf)]
-        if name not in saved or not _is_manifest(path):
+        if name not in saved or name not in inventories:  # not a manifest, or kept no inventory
             phrases.append(f"input {name} changed")
             continue
-        was = saved[name]["images"]
-        now = manifest.inventory(path, fp.startswith("content:"))
+        was, now = saved[name]["images"], inventories[name]["images"]
         counts = [(n, verb) for n, verb in ((sum(f not in was for f in now), "added"),
                                             (sum(f not in now for f in was), "removed"),
                                             (sum(f in was and now[f] != was[f] for f in now), "changed")) if n]
         if counts:
             (n, verb), rest = counts[0], counts[1:]
             said = ", ".join([f"{manifest.plural(n, 'image')} {verb}"] + [f"{m} {v}" for m, v in rest])
-        elif manifest.file_sha256(Path(path)) != saved[name]["manifest_sha256"]:
+        elif inventories[name]["manifest_sha256"] != saved[name]["manifest_sha256"]:
             said = "its rows changed, none of its images"
         else:
             said = "fingerprinted another way (data.fingerprint)"
@@ -150,7 +139,7 @@ def diff(old: dict, new: dict) -> list[str]:
         reasons.append(f"medalign {old.get('version')} -> {new['version']}")
     if old.get("stage") != new["stage"]:
         reasons.append(f"stage {old.get('stage')} -> {new['stage']}")
-    before, after = _flatten(old.get("config", {})), _flatten(new["config"])
+    before, after = config.flatten(old.get("config", {})), config.flatten(new["config"])
     changed = [f"{k} {before.get(k, '(unset)')} -> {after.get(k, '(unset)')}"
                # a key new to the config (null by default) is a change too: the old record lacks it
                for k in sorted(set(before) | set(after)) if before.get(k, _UNSET) != after.get(k, _UNSET)]
@@ -164,12 +153,3 @@ def diff(old: dict, new: dict) -> list[str]:
         reasons.append("input " + ", ".join(inputs) + " changed")
     return reasons
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = json.dumps(v) if isinstance(v, list | dict) else v
-    return out

@@ -32,6 +32,7 @@ class Planned:
     step: Step
     key: str
     record: dict
+    inventories: dict[str, dict]  # of its outside manifests, as the record saw them
     out: Path
 
 
@@ -40,9 +41,9 @@ def plan(pipeline: Pipeline) -> list[Planned]:
     keys: dict[str, str] = {}
     planned = []
     for step in pipeline.steps:
-        rec = cache.record(step.stage, step.cfg, {d: keys[d] for d in step.deps})
+        rec, inventories = cache.record(step.stage, step.cfg, {d: keys[d] for d in step.deps})
         key = keys[step.name] = cache.key_of(rec)
-        planned.append(Planned(step, key, rec, pipeline.workdir / step.group / key))
+        planned.append(Planned(step, key, rec, inventories, pipeline.workdir / step.group / key))
     return planned
 
 
@@ -57,7 +58,7 @@ def state(p: Planned) -> tuple[str, str]:
     if partial.is_dir():
         at = store.progress(partial)
         return "interrupted", f"at step {at[0]}/{at[1]}, the next run resumes" if at else "before its first checkpoint"
-    return "stale", cache.explain(p.out, p.record)
+    return "stale", cache.explain(p.out, p.record, p.inventories)
 
 
 def describe(p: Planned) -> dict:
@@ -152,8 +153,8 @@ def _run(pipeline: Pipeline, only: list[str], until: str | None, force: bool | C
                     stage = STAGES[p.step.stage]
                     where = f"{pipeline.path} step '{p.step.name}'"
                     cfg = config.validate(stage.config, resolve(p.step.raw, outputs), where)
-                    _, outcome = execute(stage, cfg, p.out, p.record, label=p.step.name, force=forced,
-                                         lock_timeout=lock_timeout, echo=echo)
+                    _, outcome = execute(stage, cfg, p.out, p.record, p.inventories, label=p.step.name,
+                                         force=forced, lock_timeout=lock_timeout, echo=echo)
                 code = 0
             except BaseException as e:
                 code = exit_code(e)
@@ -188,7 +189,8 @@ def exit_code(e: BaseException) -> int:
     return 130 if isinstance(e, KeyboardInterrupt) else 1
 
 
-def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label: str, force: bool = False,
+def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, inventories: dict[str, dict], *,
+            label: str, force: bool = False,
             lock_timeout: float | None = None, echo: Callable[[str], None] = say) -> tuple[dict, str]:
     """Runs `stage` into `out` unless it holds an output of `record` already; returns (metrics, outcome):
     cached, ran or resumed.
@@ -210,7 +212,7 @@ def execute(stage: Stage, cfg: config.Section, out: Path, record: dict, *, label
                                             on_wait=lambda h: echo(f"[{label}] waiting for {_whom(h)}")))
             metrics = None if force else store.cached(out, record)
             partial, outcome = (None, "cached") if metrics is not None else \
-                _prepare(stage, cfg, out, record, force, label, echo)
+                _prepare(stage, cfg, out, record, inventories, force, label, echo)
         except BaseException as e:
             ranks.share(("error", e))  # the other ranks wait for word from rank 0: they fail alike
             raise
@@ -234,8 +236,8 @@ def _report(metrics: dict, out: Path, label: str, echo: Callable[[str], None]) -
         echo(f"[{label}] report  {out / metrics['report']}")
 
 
-def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, force: bool, label: str,
-             echo: Callable[[str], None]) -> tuple[Path, str]:
+def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, inventories: dict[str, dict], force: bool,
+             label: str, echo: Callable[[str], None]) -> tuple[Path, str]:
     """The in-progress folder for `record`, with config.yaml, key.json and the inputs' inventory
     written, and whether the stage resumes there (resumed) or starts afresh (ran)."""
     partial = store.partial_dir(out)
@@ -256,10 +258,10 @@ def _prepare(stage: Stage, cfg: config.Section, out: Path, record: dict, force: 
     else:  # nothing there to resume from (no record, or another record and no resume state)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        reason, outcome = "forced" if force else cache.explain(out, record), "ran"
+        reason, outcome = "forced" if force else cache.explain(out, record, inventories), "ran"
     (partial / "config.yaml").write_text(config.dump(cfg))
     (partial / "key.json").write_text(json.dumps(record, indent=2) + "\n")
-    (partial / cache.INVENTORY).write_text(json.dumps(cache.inventories(cfg)) + "\n")
+    (partial / cache.INVENTORY).write_text(json.dumps(inventories) + "\n")
     echo(f"[{label}] running {stage.name}: {reason}")
     return partial, outcome
 
