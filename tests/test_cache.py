@@ -158,3 +158,14 @@ def test_status_names_a_config_key_the_old_output_did_not_have(tiny_pipeline):
     complete(p)
     (p.out / "key.json").write_text(json.dumps(old))
     assert runner.state(planned(tiny_pipeline)["pretrain"]) == ("stale", "config data.fold (unset) -> None")
+
+
+def test_a_sweep_run_is_explained_against_its_own_last_output_not_another_runs(tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"workdir: {tmp_path / 'w'}\nsteps:\n  data:\n    stage: demo-data\n"
+                        "    matrix: {seed: [0, 1, 2]}\n")
+    for p in planned(pipeline).values():
+        complete(p)
+    now = planned(pipeline, "data.n_test=7")
+    assert {name: runner.state(p) for name, p in now.items()} == {
+        f"data[seed={s}]": ("stale", "config n_test 200 -> 7") for s in (0, 1, 2)}

@@ -83,12 +83,12 @@ def explain(out: Path, rec: dict, inventories: dict[str, dict]) -> str:
     """Why `out` is not an output of `rec`: what changed since the output it replaces.
 
     That is `out` itself when it is complete (an explicit --out whose config changed), else, for a
-    keyed output (named by the key of `rec`), the newest complete output of the same step.
+    keyed output (named by the key of `rec`), the step's complete output closest to it (store).
     """
     if store.is_complete(out):
         prev = out
     elif out.name == key_of(rec):
-        prev = store.latest_complete(out.parent)
+        prev = store.closest_complete(out.parent, rec)
     else:
         prev = None
     if prev is None:

@@ -13,9 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
+from medalign import config
 from medalign.errors import writing
 
 COMPLETE = "COMPLETE"
+_UNSET = object()
 
 
 def partial_dir(out: Path) -> Path:
@@ -40,9 +42,20 @@ def cached(out: Path, record: dict) -> dict | None:
     return None
 
 
-def latest_complete(step_dir: Path) -> Path | None:
+def closest_complete(step_dir: Path, record: dict) -> Path | None:
+    """The complete output in `step_dir` whose record differs from `record` in the fewest config
+    values, the newest of those: for a sweep, the same run's last output rather than another seed's."""
     done = [d for d in step_dir.glob("*") if not d.name.startswith(".") and is_complete(d)] if step_dir.is_dir() else []
-    return max(done, key=lambda d: (d / COMPLETE).stat().st_mtime_ns, default=None)
+    wanted = config.flatten(record["config"])
+
+    def distance(d: Path) -> int:
+        try:
+            old = config.flatten(json.loads((d / "key.json").read_text()).get("config", {}))
+        except (OSError, ValueError):
+            return len(wanted) + 1  # unreadable: the last resort
+        return sum(old.get(k, _UNSET) != wanted.get(k, _UNSET) for k in old.keys() | wanted.keys())
+
+    return min(done, key=lambda d: (distance(d), -(d / COMPLETE).stat().st_mtime_ns), default=None)
 
 
 def progress(partial: Path) -> tuple[int, int] | None:
