@@ -49,6 +49,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     amp: bool = False
+    channels_last: bool = False
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
 
@@ -74,7 +75,7 @@ def setup(cfg: config.Runtime, seed: int) -> Runtime:
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
-    return Runtime(device, seed, rank, world_size, amp=cfg.amp and device.type == "cuda",
+    return Runtime(device, seed, rank, world_size, amp=cfg.amp and device.type == "cuda", channels_last=cfg.channels_last,
                    checkpoint_every_steps=cfg.checkpoint_every_steps,
                    checkpoint_every_minutes=cfg.checkpoint_every_minutes)
 
@@ -190,7 +191,7 @@ def fit(objective: torch.nn.Module, loaders: DataLoader | dict[str, DataLoader],
     if steps_per_epoch == 0:
         raise ConfigError(f"{desc}: {len(main.data)} batch(es) per epoch, fewer than optim.accumulate={optim.accumulate}")
     total, warmup = optim.epochs * steps_per_epoch, int(optim.warmup_epochs * steps_per_epoch)
-    objective.to(rt.device)
+    place(objective, rt)
     opt = torch.optim.AdamW(param_groups(objective, optim), lr=optim.lr)
     model = DistributedDataParallel(objective) if rt.world_size > 1 else objective
     transforms = [t for s in streams.values() if hasattr(t := getattr(s.data.dataset, "transform", None), "rng_state")]
@@ -352,6 +353,12 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
+
+
+def place(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """The model on the run's device, its 4-D weights channels-last if the runtime says so: a
+    convolution whose weight is NHWC runs NHWC, converting its input, so batches need no change."""
+    return model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
 
 
 def _reset_peak_memory(device: torch.device) -> None:

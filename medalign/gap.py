@@ -80,7 +80,7 @@ def _features(manifest: str | Path, splits: list[str] | None, bb: Backbone, mode
     intensity = config.Intensity(**(bb.meta or {}).get("intensity", {}))
     ds = ImageDataset(m, rows, common.eval_transform(bb, intensity), bb.in_chans, reader=intensity.reader_args())
     loader = engine.loader(ds, batch_size, rt, train=False)
-    net = model.to(rt.device).eval()
+    net = engine.place(model, rt).eval()
     timm_model = next(x for x in net.modules() if hasattr(x, "forward_head"))
     feats, preds = [], []
     for x, _ in loader:

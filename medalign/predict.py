@@ -29,7 +29,7 @@ def predict(model_path: str | Path, manifest_path: str | Path, out_csv: Path, *,
     dataset = ImageDataset(manifest, rows, common.eval_transform(bb, intensity), bb.in_chans,
                            reader=intensity.reader_args())
     loader = engine.loader(dataset, batch_size, rt, train=False)
-    model.to(rt.device).eval()
+    engine.place(model, rt).eval()
     probs = []
     for x, _ in loader:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):

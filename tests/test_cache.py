@@ -19,7 +19,8 @@ def test_same_pipeline_same_keys(tiny_pipeline):
 
 
 def test_cosmetic_fields_do_not_change_keys(tiny_pipeline):
-    assert keys(tiny_pipeline, "pretrain.runtime.num_workers=3", "finetune.runtime.device=cpu") == keys(tiny_pipeline)
+    assert keys(tiny_pipeline, "pretrain.runtime.num_workers=3", "finetune.runtime.device=cpu",
+                "finetune.runtime.channels_last=false") == keys(tiny_pipeline)
 
 
 def test_a_finetune_value_changes_finetune_and_evaluate_only(tiny_pipeline):

@@ -184,3 +184,34 @@ def test_sigusr1_checkpoints_at_the_next_step_and_the_rerun_finishes(tmp_path):
     resumed, _ = _fit(tmp_path / "cut")
     for p, q in zip(reference.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class Conv(nn.Module):
+    """A convolution with two input channels, so NCHW and NHWC are different layouts of its weight."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 4, 3)
+
+    def forward(self, batch):
+        x, y = batch
+        return {"loss": ((self.conv(x).mean((1, 2, 3)) - y) ** 2).mean()}
+
+
+def test_channels_last_trains_the_same_model_in_nhwc_layout(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 2, 8, 8, generator=g)
+    data = TensorDataset(x, x.mean((1, 2, 3)) * 3)
+    runs = {}
+    for layout in (False, True):
+        rt = _rt(channels_last=layout)
+        (tmp_path / str(layout)).mkdir()
+        objective = Conv()
+        history = engine.fit(objective, engine.loader(data, 4, rt, train=True), _optim(), rt, tmp_path / str(layout), "t")
+        runs[layout] = objective.conv.weight.detach(), [h["loss"] for h in history]
+    (w_nchw, loss_nchw), (w_nhwc, loss_nhwc) = runs[False], runs[True]
+    assert w_nhwc.is_contiguous(memory_format=torch.channels_last) and not w_nhwc.is_contiguous()
+    assert w_nchw.is_contiguous()
+    assert loss_nhwc == pytest.approx(loss_nchw, rel=1e-4) and loss_nchw[-1] < loss_nchw[0]
+    torch.testing.assert_close(w_nhwc, w_nchw, rtol=1e-4, atol=1e-5)

@@ -114,7 +114,7 @@ def run_hash(cfg: config.Section, out_dir: Path) -> str:
 def features(model: torch.nn.Module, data, rt: engine.Runtime) -> TensorDataset:
     """The network's pooled features (what a classifier on it sees) for every image of a loader."""
     was_training = model.training
-    model.to(rt.device).eval()
+    engine.place(model, rt).eval()
     xs, ys = [], []
     for x, y in data:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):

@@ -90,7 +90,7 @@ def _source_classifier(bb: Backbone, features: nn.Module) -> nn.Module | None:
 @torch.no_grad()
 def _features(model: nn.Module, source: nn.Module | None, data, rt: engine.Runtime):
     """Pooled features, source-classifier probabilities (None without one) and targets, as float64."""
-    models = [m.to(rt.device).eval() for m in (model, source) if m is not None]
+    models = [engine.place(m, rt).eval() for m in (model, source) if m is not None]
     fs, ps, ys = [], [], []
     for x, y in data:
         x = x.to(rt.device)

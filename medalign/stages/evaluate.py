@@ -15,7 +15,7 @@ from medalign.stages import _common as common
 def run(cfg: config.EvaluateConfig, out_dir: Path) -> dict:
     rt = engine.setup(cfg.runtime, seed=0)
     model, bb, task = classifier.load(cfg.model)
-    model.to(rt.device)
+    engine.place(model, rt)
     manifest, rows, skipped = common.rows(cfg.data, cfg.data.split)
     missing = [c for c in cfg.subgroups if c not in manifest.columns]
     if missing:
