@@ -302,7 +302,15 @@ def main() -> None:
             measured = outputs(path, runs)
         with log.open() as f:
             f.seek(log_start)
-            cached = sum("] cached " in line for line in f)
+            # the FixMatch pass finds the first pass's steps cached: a step counts once, as computed
+            # if either pass computed it
+            outcome: dict[str, str] = {}
+            for line in f:
+                label, _, rest = line.partition("] ")
+                if rest.startswith(("done ", "cached ")):
+                    outcome[label] = "done" if "done" in (outcome.get(label), rest[:4]) else "cached"
+        ran = sum(v == "done" for v in outcome.values())
+        cached = (ran, len(outcome) - ran)
         seconds = time.perf_counter() - began
         total += seconds
         last = name == args.datasets[-1] and args.datasets == list(DATASETS)
@@ -310,7 +318,7 @@ def main() -> None:
               seconds, cached, total if last else None)
 
 
-def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cached: int,
+def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cached: tuple[int, int],
           total: float | None) -> None:
     """One dataset's section of RESULTS.md, so that a leg can be rerun alone (`--datasets breast`)."""
     import torch
@@ -327,7 +335,8 @@ def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cach
     parts = [heading, "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
              f"{time.strftime('%Y-%m-%d')}. `python benchmarks/scarce_labels.py {flags}` at {args.size} px, "
-             f"1 channel. This leg: {seconds / 60:.0f} minutes, {cached} steps taken from the cache. "
+             f"1 channel. This leg: {seconds / 60:.0f} minutes; it computed {cached[0]} steps and took "
+             f"{cached[1]} from the cache. "
              "Test AUROC: mean +- standard deviation over seeds, then per seed; Δ: the difference to arm 1 "
              "(scratch) on the same label subset, per seed; val AUROC: the selected epoch's, mean over seeds. "
              "Trainable parameters and fine-tuning seconds and peak memory (the process's resident set on the "
