@@ -75,8 +75,8 @@ def setup(cfg: config.Runtime, seed: int) -> Runtime:
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
-    return Runtime(device, seed, rank, world_size, amp=cfg.amp and device.type == "cuda", channels_last=cfg.channels_last,
-                   checkpoint_every_steps=cfg.checkpoint_every_steps,
+    return Runtime(device, seed, rank, world_size, amp=cfg.amp and device.type == "cuda",
+                   channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
                    checkpoint_every_minutes=cfg.checkpoint_every_minutes)
 
 
