@@ -13,7 +13,6 @@ Writes the section "## Channels-last training (...)" of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import update_section
+from results import stage_log, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Channels-last training (`benchmarks/memory_format.py`)"
@@ -49,9 +48,8 @@ def run(case: list[str], manifest: Path, epochs: int, channels_last: bool, out: 
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    steps = [x["img_per_s"] for x in lines if not x.get("summary")]
-    return steps[SKIP:], [x for x in lines if x.get("summary")][-1]["loss"]
+    steps, epochs = stage_log(out)
+    return [x["img_per_s"] for x in steps][SKIP:], epochs[-1]["loss"]
 
 
 def main() -> None:

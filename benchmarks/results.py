@@ -1,6 +1,7 @@
 """benchmarks/RESULTS.md is shared by every benchmark script: each replaces its own section only."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,3 +19,9 @@ def update_section(heading: str, section: str, results: Path = RESULTS) -> None:
     tmp = results.with_suffix(".tmp")
     tmp.write_text(text.rstrip("\n") + "\n")
     tmp.replace(results)
+
+
+def stage_log(out: Path) -> tuple[list[dict], list[dict]]:
+    """A stage output's log.jsonl: one record per optimizer step, and one summary per epoch."""
+    lines = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [x for x in lines if not x.get("summary")], [x for x in lines if x.get("summary")]

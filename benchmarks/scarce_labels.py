@@ -263,6 +263,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "scarce_labels",
                     help="kept between runs: a rerun reuses every finished step")
     args = ap.parse_args()
+    from medalign.pipeline import history
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: this benchmark needs ../shared/data")
     arms = {k: a for k, a in ARMS.items() if (args.litemedsam or a.start != "litemedsam")
@@ -273,7 +274,7 @@ def main() -> None:
     total = 0.0
     for name in args.datasets:
         ds = DATASETS[name]
-        log_start = log.stat().st_size if log.is_file() else 0
+        runs_before = len(history.read(work / "runs"))
         began = time.perf_counter()
         manifest = (chest_manifest if name == "chest" else breast_manifest)(work, args.seeds)
         rows = list(csv.DictReader(manifest.open()))
@@ -300,17 +301,13 @@ def main() -> None:
             print(f"{path.name}: FixMatch on {best}", flush=True)
             medalign("run", path, log=log)
             measured = outputs(path, runs)
-        with log.open() as f:
-            f.seek(log_start)
-            # the FixMatch pass finds the first pass's steps cached: a step counts once, as computed
-            # if either pass computed it
-            outcome: dict[str, str] = {}
-            for line in f:
-                label, _, rest = line.partition("] ")
-                if rest.startswith(("done ", "cached ")):
-                    outcome[label] = "done" if "done" in (outcome.get(label), rest[:4]) else "cached"
-        ran = sum(v == "done" for v in outcome.values())
-        cached = (ran, len(outcome) - ran)
+        # the FixMatch pass finds the first pass's steps cached: a step (an output) counts once, as
+        # computed if either pass computed it
+        computed: dict[str, bool] = {}
+        for record in history.read(work / "runs")[runs_before:]:
+            for s in record["steps"]:
+                computed[s["out"]] = computed.get(s["out"], False) or s["outcome"] in ("ran", "resumed")
+        cached = (sum(computed.values()), len(computed) - sum(computed.values()))
         seconds = time.perf_counter() - began
         total += seconds
         last = name == args.datasets[-1] and args.datasets == list(DATASETS)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import update_section
+from results import stage_log, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Pretraining throughput (`benchmarks/ssl_throughput.py`)"
@@ -93,8 +93,7 @@ def medalign_rates(manifest: Path, args: list[str], epochs: int, out: Path) -> l
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"summary"' not in x]
-    return [s["img_per_s"] for s in steps]
+    return [s["img_per_s"] for s in stage_log(out)[0]]
 
 
 def minimal_rates(manifest: Path, args: list[str], epochs: int) -> list[float]:
