@@ -73,8 +73,14 @@ def dataset(manifest: Manifest, rows: list[dict], data: config.DataSection, inte
                         cache_size=bb.img_size if data.cache else None, targets=targets)
 
 
+# inference keeps no activations for a backward pass, so it batches at least this many images, as
+# predict and gap do (EfficientNet-Lite0 at 64 px on 2 CPU cores: 1,083 img/s at 16, 1,962 at 64)
+INFERENCE_BATCH = 64
+
+
 def loader(ds: ImageDataset, data: config.DataSection, run: config.Section, rt: engine.Runtime, *, train: bool):
-    return engine.loader(ds, data.batch_size, rt, train=train, num_workers=run.runtime.num_workers)
+    batch_size = data.batch_size if train else max(data.batch_size, INFERENCE_BATCH)
+    return engine.loader(ds, batch_size, rt, train=train, num_workers=run.runtime.num_workers)
 
 
 def train_transform(bb: Backbone, augment: config.AugmentConfig, intensity: config.Intensity, seed: int) -> Single:
