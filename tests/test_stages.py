@@ -99,10 +99,15 @@ def test_full_finetune_saves_the_best_epoch_whole(demo_set, start, tmp_path):
     rt = engine.Runtime(torch.device("cpu"))
     ds = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, common.eval_transform(bb, cfg.data.intensity),
                         bb, metrics["classes"])
-    probs, targets = engine.predict(saved_model, common.loader(ds, cfg.data, cfg, rt, train=False), rt)
+    inference = common.loader(ds, cfg.data.model_copy(update={"batch_size": 4}), cfg, rt, train=False)
+    assert inference.batch_size == common.INFERENCE_BATCH  # inference batches more than training's 4
+    probs, targets = engine.predict(saved_model, inference, rt)
     again = classification_metrics(targets, probs, metrics["classes"])
     assert again["auroc"] == pytest.approx(metrics["val"]["auroc"])
     assert again["accuracy"] == pytest.approx(metrics["val"]["accuracy"])
+    # ... and the batch changes no prediction
+    by_four, _ = engine.predict(saved_model, engine.loader(ds, 4, rt, train=False), rt)
+    np.testing.assert_allclose(by_four, probs, atol=1e-5)
 
 
 def test_recorded_config_names_the_architecture_that_was_built(demo_set, start, tmp_path):
