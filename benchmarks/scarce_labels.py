@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -324,7 +325,7 @@ def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cach
     # the default section: every arm and fraction and seed of the dataset
     default = (args.seeds == [0, 1, 2] and not (args.arms or args.fractions or args.litemedsam or
                                                  args.pretrain_epochs or args.no_fixmatch) and args.size == 64)
-    flags = " ".join(sys.argv[1:])
+    flags = shlex.join(sys.argv[1:])  # quoted: arm names hold spaces and commas
     # another setting gets its own section, so the default's stays whole
     heading = f"{HEADING}: {ds.title}" if default else f"## Scarce labels at {args.size} px, `{flags}`: {ds.title}"
     plot = PLOT.with_name(f"{PLOT.stem}_{ds.name}.png")
