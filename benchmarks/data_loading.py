@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
-from results import update_section  # noqa: E402
+from results import machine, update_section  # noqa: E402
 
 HEADING = "## Data loading (benchmarks/data_loading.py)"
 HERE = Path(__file__).resolve().parent
@@ -134,7 +133,6 @@ def run(n: int, size: int, source_size: int) -> str:
         read_only = time.perf_counter() - t
         mb = cache.path.stat().st_size / 2**20
 
-    import torch
 
     rate = lambda s: n / s  # noqa: E731
     speedup = first / cached
@@ -142,7 +140,7 @@ def run(n: int, size: int, source_size: int) -> str:
     return "\n".join([
         HEADING,
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {machine()}, "
         f"single process; {datetime.date.today().isoformat()}.",
         f"Input: {n} DICOM files {source_size}x{source_size} (resized to {size}), 16-bit MONOCHROME2, "
         f"explicit VR little endian, "

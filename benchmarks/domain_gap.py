@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from medalign.data import build
-from results import update_section
+from results import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Domain gap before and after continued pretraining (`benchmarks/domain_gap.py`)"
@@ -72,10 +70,9 @@ def main() -> None:
             rows.append((label, when, json.loads(out.read_text())))
     minutes = (time.perf_counter() - began) / 60
 
-    import torch
     n = rows[0][2]["images"]
     lines = [HEADING, "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
+             f"Machine: {machine()}; "
              f"{time.strftime('%Y-%m-%d')}. `python benchmarks/domain_gap.py --epochs {args.epochs}`: "
              f"{minutes:.0f} minutes. The demo data's unlabeled pool at 64 px, scanner_a ({n[0]} images) against "
              f"scanner_b ({n[1]}); features pooled and scaled to unit length; after: SimCLR on the whole pool "

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,7 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
-from results import update_section
+from results import machine, update_section
 from ssl_quality import DATA, ROOT, manifest
 
 HEADING = "## Estimate on chest X-rays (`benchmarks/estimate_starts.py`)"
@@ -56,10 +54,9 @@ def main() -> None:
         sys.exit(r.stderr[-3000:])
     rows = list(csv.DictReader((out / "estimate.csv").open()))
 
-    import torch
     lines = [
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"Machine: {machine()}; "
         f"{time.strftime('%Y-%m-%d')}. {args.size} px, 1 channel; train rows: 10% of the training labels "
         f"(seed 0), eval rows: the val split. k-NN k=20; whole run {time.perf_counter() - start:.0f} s.", "",
         "| rank | candidate | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|",

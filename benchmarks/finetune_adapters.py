@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -27,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import update_section
+from results import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
@@ -119,7 +117,6 @@ def main() -> None:
 
 
 def write(results: dict[str, list[dict]], args, seeds: list[int]) -> None:
-    import torch
     rows = []
     for name, runs in results.items():
         if not runs:
@@ -149,7 +146,7 @@ def write(results: dict[str, list[dict]], args, seeds: list[int]) -> None:
                         f"{results[best][0]['share']:.1%} trainable).")
     section = "\n".join([
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"Machine: {machine()}; "
         f"{time.strftime('%Y-%m-%d')}. PneumoniaMNIST official split at {args.size} px from the 224 px JPEGs, "
         f"{args.fraction:.0%} of the training labels (seeds {', '.join(map(str, seeds))}), the rest of train "
         "as the unlabeled pool; ImageNet EfficientNet-Lite0 (`backbone.weights=imagenet-efficientnet-lite0`), "

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import update_section
+from results import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
@@ -118,10 +116,9 @@ def main() -> None:
     test = json.loads((work / "eval" / "metrics.json").read_text())
     lr = logistic_regression(work / "probe", data, subset)
 
-    import torch
     section = "\n".join([
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"Machine: {machine()}; "
         f"{time.strftime('%Y-%m-%d')}. PneumoniaMNIST official split at {args.size} px from the 224 px JPEGs, "
         f"{probe['train_images']} training labels ({args.fraction:.0%} of train, seed 0), "
         f"ImageNet EfficientNet-Lite0, 1 channel, frozen.", "",

@@ -13,8 +13,6 @@ Writes the section "## Channels-last training (...)" of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import stage_log, update_section
+from results import machine, stage_log, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Channels-last training (`benchmarks/memory_format.py`)"
@@ -79,7 +77,7 @@ def main() -> None:
 
     section = "\n".join([
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {machine()}, "
         f"{torch.get_num_threads()} threads, no DataLoader workers; {time.strftime('%Y-%m-%d')}. The 720 demo images "
         f"(finetune: its 120 training images) at 64 px, 1 channel, {args.epochs} epochs per run, {args.repeats} "
         f"interleaved repeats per layout, first {SKIP} steps of each run skipped. Images/s: median over every "

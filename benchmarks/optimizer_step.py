@@ -11,15 +11,13 @@ Writes the section "## Optimizer step (...)" of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import timm
 import torch
 
-from results import update_section
+from results import machine, update_section
 
 HEADING = "## Optimizer step (`benchmarks/optimizer_step.py`)"
 MODELS = {  # timm name, kwargs, batch (the preset's)
@@ -66,7 +64,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     section = "\n".join([
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}, timm "
+        f"Machine: {machine()}, timm "
         f"{timm.__version__}; {time.strftime('%Y-%m-%d')}. `python benchmarks/optimizer_step.py --repeats "
         f"{args.repeats}`. Milliseconds per AdamW step (median); the whole training step uses fused AdamW; "
         "the last column is the share of a training step with the default optimizer that fused saves.", "",

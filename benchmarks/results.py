@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """What a section's numbers were measured on: architecture, cores, the GPU if any, torch."""
+    import torch
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}"
 
 
 def update_section(heading: str, section: str, results: Path = RESULTS) -> None:

@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from results import update_section
+from results import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -319,7 +318,6 @@ def main() -> None:
 def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cached: tuple[int, int],
           total: float | None) -> None:
     """One dataset's section of RESULTS.md, so that a leg can be rerun alone (`--datasets breast`)."""
-    import torch
     from scipy.stats import spearmanr
 
     # the default section: every arm and fraction and seed of the dataset
@@ -331,7 +329,7 @@ def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cach
     plot = PLOT.with_name(f"{PLOT.stem}_{ds.name}.png")
     measured = r["measured"]
     parts = [heading, "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
+             f"Machine: {machine()}; "
              f"{time.strftime('%Y-%m-%d')}. `python benchmarks/scarce_labels.py {flags}` at {args.size} px, "
              f"1 channel. This leg: {seconds / 60:.0f} minutes; it computed {cached[0]} steps and took "
              f"{cached[1]} from the cache. "

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -28,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from results import update_section
+from results import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
@@ -112,7 +110,6 @@ def main() -> None:
         for row in csv.DictReader((out / "estimate.csv").open()):
             scores.setdefault(row["name"], {})[s] = row
 
-    import torch
 
     def cell(name: str, column: str) -> str:
         values = [float(scores[name][s][column]) for s in seeds]
@@ -121,7 +118,7 @@ def main() -> None:
     knn_col, lin_col = "knn_auroc", "linear_auroc"  # estimate.csv's columns
     lines = [
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"Machine: {machine()}; "
         f"{time.strftime('%Y-%m-%d')}. {args.size} px, 1 channel. Pretraining: SimCLR on the "
         f"{pretrained['full'][1]['images']} training images (labels withheld), batch 64, {args.epochs} epochs, "
         "lr 2e-4 (0.3 epochs of warm-up, then cosine). Probes: 10% of the training labels per seed, test AUROC (seeds "

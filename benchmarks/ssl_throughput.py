@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import stage_log, update_section
+from results import machine, stage_log, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Pretraining throughput (`benchmarks/ssl_throughput.py`)"
@@ -196,7 +195,7 @@ def main() -> None:
 
     section = "\n".join([
         HEADING, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {machine()}, "
         f"{torch.get_num_threads()} threads, no DataLoader workers; {time.strftime('%Y-%m-%d')}. The 720 demo "
         f"images, {args.epochs} epochs per run, {args.repeats} interleaved repeats, first {SKIP} steps of each run "
         "skipped. Images/s: median over every timed step (range of the per-run medians).", "",

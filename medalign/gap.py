@@ -25,7 +25,7 @@ from medalign.stages import _common as common
 
 
 def gap(a: str | Path, b: str | Path, backbone: config.BackboneConfig, *, splits: list[str] | None = None,
-        permutations: int = 500, max_images: int = 1000, seed: int = 0, batch_size: int = 64,
+        permutations: int = 500, max_images: int = 1000, seed: int = 0, batch_size: int = engine.INFERENCE_BATCH,
         device: str = "auto") -> dict:
     rt = engine.setup(config.Runtime(device=device), seed=seed)
     bb = backbones.resolve(backbone)
@@ -37,7 +37,7 @@ def gap(a: str | Path, b: str | Path, backbone: config.BackboneConfig, *, splits
 
 
 def drift(reference: str | Path, new: str | Path, model_path: str | Path, *, alpha: float = 0.01,
-          permutations: int = 500, max_images: int = 1000, seed: int = 0, batch_size: int = 64,
+          permutations: int = 500, max_images: int = 1000, seed: int = 0, batch_size: int = engine.INFERENCE_BATCH,
           base: str | Path | None = None, device: str = "auto") -> dict:
     from scipy.stats import chi2_contingency
 

@@ -21,7 +21,8 @@ from medalign.tasks import Task
 
 
 def predict(model_path: str | Path, manifest_path: str | Path, out_csv: Path, *, base: str | Path | None = None,
-            tta: bool = False, batch_size: int = 64, on_error: str = "fail", device: str = "auto") -> dict:
+            tta: bool = False, batch_size: int = engine.INFERENCE_BATCH, on_error: str = "fail",
+            device: str = "auto") -> dict:
     rt = engine.setup(config.Runtime(device=device), seed=0)
     model, bb, task = classifier.load(model_path, base)
     manifest, rows, skipped = load_rows(manifest_path, None, on_error)

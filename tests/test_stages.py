@@ -100,7 +100,7 @@ def test_full_finetune_saves_the_best_epoch_whole(demo_set, start, tmp_path):
     ds = common.dataset(manifest, rows, cfg.data, cfg.data.intensity, common.eval_transform(bb, cfg.data.intensity),
                         bb, metrics["classes"])
     inference = common.loader(ds, cfg.data.model_copy(update={"batch_size": 4}), cfg, rt, train=False)
-    assert inference.batch_size == common.INFERENCE_BATCH  # inference batches more than training's 4
+    assert inference.batch_size == engine.INFERENCE_BATCH  # inference batches more than training's 4
     probs, targets = engine.predict(saved_model, inference, rt)
     again = classification_metrics(targets, probs, metrics["classes"])
     assert again["auroc"] == pytest.approx(metrics["val"]["auroc"])

@@ -73,13 +73,8 @@ def dataset(manifest: Manifest, rows: list[dict], data: config.DataSection, inte
                         cache_size=bb.img_size if data.cache else None, targets=targets)
 
 
-# inference keeps no activations for a backward pass, so it batches at least this many images, as
-# predict and gap do (EfficientNet-Lite0 at 64 px on 2 CPU cores: 1,083 img/s at 16, 1,962 at 64)
-INFERENCE_BATCH = 64
-
-
 def loader(ds: ImageDataset, data: config.DataSection, run: config.Section, rt: engine.Runtime, *, train: bool):
-    batch_size = data.batch_size if train else max(data.batch_size, INFERENCE_BATCH)
+    batch_size = data.batch_size if train else max(data.batch_size, engine.INFERENCE_BATCH)
     return engine.loader(ds, batch_size, rt, train=train, num_workers=run.runtime.num_workers)
 
 
