@@ -17,12 +17,17 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}"
 
 
-def update_section(heading: str, section: str, results: Path = RESULTS) -> None:
-    """Replaces the section under `heading` (up to the next `## `), or appends it; atomic."""
+def update_section(heading: str, section: str, results: Path = RESULTS, before: str | None = None) -> None:
+    """Replaces the section under `heading` (up to the next `## `); a new one goes ahead of the
+    section headed `before` where there is one (a benchmark's hand-written reading stays below
+    its tables), else at the end. Atomic."""
     text = results.read_text() if results.is_file() else "# Benchmark results\n\n"
     pattern = re.compile(r"^" + re.escape(heading) + r"[^\n]*\n.*?(?=^## |\Z)", re.M | re.S)
+    at = re.search(r"^" + re.escape(before), text, re.M) if before else None
     if pattern.search(text):
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    elif at:
+        text = text[:at.start()] + section.rstrip("\n") + "\n\n" + text[at.start():]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     tmp = results.with_suffix(".tmp")

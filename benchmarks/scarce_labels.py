@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CHEST, BREAST = SHARED / "chest_xray", SHARED / "medmnist" / "breastmnist.npz"
 HEADING = "## Scarce labels (`benchmarks/scarce_labels.py`)"
+READING = "## Scarce labels: reading the results"  # by hand, below every generated section
 PLOT = Path(__file__).resolve().parent / "scarce_labels.png"
 
 
@@ -257,8 +258,9 @@ def main() -> None:
                                                               "forward at 64 px on 2 CPU cores)")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), help="a subset of the arms (default: all)")
     ap.add_argument("--fractions", type=float, nargs="+", help="a subset of the label fractions (default: all)")
-    ap.add_argument("--pretrain-epochs", type=int, help="every start's pretraining epochs (default: chest 3 from "
-                                                         "ImageNet and 10 from scratch, breast 100)")
+    per_dataset = ", ".join(f"{d.name} {d.pretrain_epochs} from ImageNet and {d.scratch_epochs} from scratch"
+                            for d in DATASETS.values())
+    ap.add_argument("--pretrain-epochs", type=int, help=f"every start's pretraining epochs (default: {per_dataset})")
     ap.add_argument("--no-fixmatch", action="store_true", help="leave out arm 5")
     ap.add_argument("--quick", action="store_true", help="one epoch per step, RESULTS.md left alone: checks "
                                                          "that the benchmark runs, its numbers mean nothing")
@@ -394,7 +396,7 @@ def write(ds: Dataset, r: dict, arms: dict[str, Arm], args, seconds: float, cach
     if not args.quick:
         if default:
             _plot(curves, ds.title, plot)
-        update_section(heading, section)
+        update_section(heading, section, before=READING)
 
 
 def _knn(estimate: dict, start: str) -> float:
