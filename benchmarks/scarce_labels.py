@@ -108,7 +108,9 @@ class Dataset:
 
 
 DATASETS = {
-    "chest": Dataset("chest", "Chest X-ray (PneumoniaMNIST split)", (0.01, 0.1), 3, 10,
+    # 3 epochs of SimCLR from ImageNet only disturbed its features (10% linear probe 0.927 -> 0.886);
+    # 12 adapted them: 1% full 0.895 -> 0.932, 10% linear 0.886 -> 0.960
+    "chest": Dataset("chest", "Chest X-ray (PneumoniaMNIST split)", (0.01, 0.1), 12, 10,
                      "MedMNIST v2 Table 3, all labels, AUC / ACC: ResNet-18 28 px 0.944 / 0.854, 224 px 0.956 / "
                      "0.864; ResNet-50 224 px 0.962 / 0.884. MedMNIST+: DINO ViT-B/16 linear probe 224 px AUC 0.989.",
                      fingerprint="content"),
